@@ -1,0 +1,5 @@
+import sys
+
+from edgeqat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""Artifacts on disk: atomic writes, sha256 of every file, and the record of what made each artifact.
+
+Every stage writes a folder. It is built under a temporary name beside its destination and renamed into
+place only when complete, so a crash leaves the old artifact or the new one, never half of one. Each
+folder holds ``edgeqat.json``: the stage, the versions, the config, and the sha256 of every other file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgeqat.errors import EdgeqatError
+
+RECORD = "edgeqat.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_files(folder: Path, exclude: tuple[str, ...] = (RECORD,)) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).as_posix() not in exclude
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in ("edgeqat", "torch", "torchao", "executorch", "transformers", "peft", "trl", "datasets"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; an artifact is meant to be read by others
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yields a temporary folder beside ``dest``; on success it replaces ``dest`` in one rename."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
+            os.replace(dest, old / dest.name)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_record(folder: Path, stage: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Writes ``edgeqat.json`` last, after every other file of the artifact, hashing them all."""
+    record = {
+        "stage": stage,
+        "versions": versions(),
+        "config": config,
+        **extra,
+        "files": hash_files(folder),
+    }
+    write_json_atomic(folder / RECORD, record)
+    return record
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        raise EdgeqatError(f"{folder} is not an edgeqat artifact (no {RECORD}); run the stage that makes it first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgeqatError(f"{path} is corrupt ({e}); delete {folder} and run the stage again") from None
+
+
+def verify_files(folder: Path, files: dict[str, str]) -> list[str]:
+    """The problems found: missing files, changed files (sha256), and paths escaping the folder."""
+    folder = Path(folder).resolve()
+    problems = []
+    for name, digest in files.items():
+        path = (folder / name).resolve()
+        if folder not in path.parents:
+            problems.append(f"{name}: path escapes the folder")
+        elif not path.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{name}: sha256 differs from the record (file changed or truncated)")
+    return problems
+
+
+def is_valid_artifact(folder: Path, stage: str, config: dict[str, Any]) -> bool:
+    """True when ``folder`` holds a complete ``stage`` artifact made with the same config."""
+    try:
+        record = read_record(folder)
+    except EdgeqatError:
+        return False
+    return record.get("stage") == stage and record.get("config") == config and not verify_files(folder, record["files"])

@@ -1,0 +1,184 @@
+"""The `edgeqat` command: a thin layer over the stage functions.
+
+User errors print one line and exit non-zero (2; 3 when a check threshold fails); --debug shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from edgeqat import __version__
+from edgeqat.errors import EdgeqatError
+
+log = logging.getLogger("edgeqat")
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """torch/torchao/transformers warn loudly about things a user cannot act on; keep them for --debug."""
+    if debug:
+        return
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in ("torch", "torchao", "transformers", "datasets", "executorch", "trl", "peft", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _setup_logging(debug: bool) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_path=False, show_time=True, markup=False)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("train")
+    g.add_argument("--model", dest="train.model", help="hub id or local folder (default: the embedded model)")
+    g.add_argument("--dataset", dest="train.dataset", help="hub id or local .jsonl/.parquet/.txt (default: embedded)")
+    g.add_argument("--text-column", dest="train.text_column")
+    g.add_argument("--mode", dest="train.mode", choices=["qat", "bf16", "ptq"])
+    g.add_argument("--lora-rank", dest="train.lora_rank", type=int, help="0 = full fine-tuning")
+    g.add_argument("--max-steps", dest="train.max_steps", type=int)
+    g.add_argument("--batch-size", dest="train.batch_size", type=int)
+    g.add_argument("--learning-rate", dest="train.learning_rate", type=float)
+    g.add_argument("--max-length", dest="train.max_length", type=int, help="training sequence length")
+    g.add_argument("--device", dest="train.device", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--seed", dest="train.seed", type=int)
+    q = p.add_argument_group("quantization")
+    q.add_argument("--scheme", dest="quant.scheme", help="8da4w (default), 8da8w or 4w")
+    q.add_argument("--group-size", dest="quant.group_size", type=int, help="32/64/128/256, or 0 for per-channel")
+    q.add_argument("--embedding-bits", dest="quant.embedding_bits", type=int, choices=[4, 8])
+    q.add_argument("--skip-indivisible", dest="quant.skip_indivisible", action="store_const", const=True)
+
+
+def _add_export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-seq-len", dest="export.max_seq_len", type=int, help="KV cache length of the .pte")
+
+
+def _add_check_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-dataset", dest="check.eval_dataset", help="held-out text (default: embedded)")
+    p.add_argument("--min-cosine", dest="check.thresholds.min_logits_cosine", type=float)
+    p.add_argument("--min-top1", dest="check.thresholds.min_top1_agreement", type=float)
+    p.add_argument("--max-ppl-increase", dest="check.thresholds.max_perplexity_increase", type=float)
+    p.add_argument("--min-golden-agreement", dest="check.thresholds.min_golden_token_agreement", type=float)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeqat", description="QAT fine-tuning -> ExecuTorch .pte -> runtime check")
+    parser.add_argument("--version", action="version", version=f"edgeqat {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    common.add_argument("--config", help="YAML config (see edgeqat/assets/default.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", parents=[common], help="all stages; the embedded default with no arguments")
+    p.add_argument("config_file", nargs="?", help="YAML config (same as --config)")
+    p.add_argument("--output", dest="output_dir", help="output folder (default: edgeqat-out)")
+    _add_train_options(p)
+    _add_export_options(p)
+    _add_check_options(p)
+
+    p = sub.add_parser("train", parents=[common], help="fine-tune (qat | bf16 | ptq) into a checkpoint folder")
+    p.add_argument("--output", required=True, help="checkpoint folder to write")
+    _add_train_options(p)
+
+    p = sub.add_parser("convert", parents=[common], help="fake-quantized checkpoint -> real quantized weights")
+    p.add_argument("checkpoint")
+    p.add_argument("--output", required=True)
+
+    p = sub.add_parser("export", parents=[common], help="converted checkpoint -> bundle (model.pte + tokenizer + manifest)")
+    p.add_argument("converted")
+    p.add_argument("--output", required=True)
+    _add_export_options(p)
+
+    p = sub.add_parser("check", parents=[common], help="run the bundle with ExecuTorch and compare with eager")
+    p.add_argument("bundle")
+    p.add_argument("--output", help="report folder (default: BUNDLE/../report)")
+    p.add_argument("--reference", help="converted checkpoint to compare with (default: from the manifest)")
+    p.add_argument("--unquantized", help="unquantized checkpoint (default: the converted model's source)")
+    p.add_argument("--json", action="store_true", help="print report.json on stdout")
+    _add_check_options(p)
+    return parser
+
+
+OPTION_KEYS = ("train.", "quant.", "export.", "check.")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    found = {k: v for k, v in vars(args).items() if k.startswith(OPTION_KEYS) and v is not None}
+    if getattr(args, "output_dir", None):
+        found["output_dir"] = args.output_dir
+    return found
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from edgeqat.config import load_config
+
+    config = load_config(getattr(args, "config_file", None) or args.config, _overrides(args))
+    if args.command == "run":
+        from edgeqat.pipeline import run
+        from edgeqat.runtime_check.report import print_table
+
+        try:
+            report = run(config)
+        finally:
+            report_file = Path(config.output_dir) / "report" / "report.json"
+            if report_file.is_file():
+                print_table(json.loads(report_file.read_text()))
+        log.info("bundle: %s  report: %s", Path(config.output_dir) / "bundle", Path(config.output_dir) / "report" / "report.md")
+        return 0 if report["passed"] else 3
+    if args.command == "train":
+        from edgeqat.train.finetune import train
+
+        train(config, args.output)
+    elif args.command == "convert":
+        from edgeqat.train.convert import convert
+
+        convert(args.checkpoint, args.output)
+    elif args.command == "export":
+        from edgeqat.export.bundle import export_bundle
+
+        export_bundle(args.converted, args.output, config.export)
+    elif args.command == "check":
+        from edgeqat.runtime_check.check import check, raise_on_failure
+        from edgeqat.runtime_check.report import print_table
+
+        output = args.output or str(Path(args.bundle).resolve().parent / "report")
+        report = check(args.bundle, output, config.check, args.reference, args.unquantized)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_table(report)
+        raise_on_failure(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries(args.debug)
+    _setup_logging(args.debug)
+    try:
+        return _dispatch(args)
+    except EdgeqatError as e:
+        print(f"edgeqat: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgeqat: interrupted; finished artifacts are kept, the interrupted one was not written", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: one line, the traceback behind --debug
+        if args.debug:
+            raise
+        print(f"edgeqat: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

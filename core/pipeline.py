@@ -1,0 +1,76 @@
+"""`edgeqat run`: every stage in order, each skipped when its artifact already exists and is valid.
+
+    OUTPUT/checkpoint  (train)   -> OUTPUT/converted (convert) -> OUTPUT/bundle (export) -> OUTPUT/report (check)
+
+A stage's artifact is reused only when its record says it was made from the same config and the same
+input files, and every file still matches its sha256; otherwise the stage runs again and replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from edgeqat.artifacts import is_valid_artifact, read_record
+from edgeqat.config import RunConfig, to_dict
+from edgeqat.errors import EdgeqatError
+
+log = logging.getLogger("edgeqat")
+
+
+def stage_dirs(output_dir: str | Path) -> dict[str, Path]:
+    root = Path(output_dir)
+    return {name: root / name for name in ("checkpoint", "converted", "bundle", "report")}
+
+
+def _bundle_is_current(bundle: Path, converted: Path, config: RunConfig) -> bool:
+    from edgeqat.manifest import load_bundle
+
+    try:
+        manifest = load_bundle(bundle)
+    except EdgeqatError:
+        return False
+    return (
+        manifest["source"]["converted_files"] == read_record(converted)["files"]
+        and manifest["export"]["config"] == to_dict(config.export)
+    )
+
+
+def run(config: RunConfig) -> dict:
+    """Runs (or resumes) the pipeline; returns the check report."""
+    from edgeqat.export.bundle import export_bundle
+    from edgeqat.runtime_check.check import check, is_report_for, raise_on_failure
+    from edgeqat.train.convert import convert
+    from edgeqat.train.finetune import stage_config, train
+
+    dirs = stage_dirs(config.output_dir)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, current: bool, work) -> None:
+        if current:
+            log.info("[%s] up to date: %s", name, dirs[name])
+            return
+        log.info("[%s] running -> %s", name, dirs[name])
+        start = time.perf_counter()
+        work()
+        timings[name] = time.perf_counter() - start
+
+    stage("checkpoint", is_valid_artifact(dirs["checkpoint"], "train", stage_config(config)),
+          lambda: train(config, dirs["checkpoint"]))
+    ckpt = read_record(dirs["checkpoint"])
+    stage("converted", is_valid_artifact(dirs["converted"], "convert", {"checkpoint": ckpt["files"], "train": ckpt["config"]}),
+          lambda: convert(dirs["checkpoint"], dirs["converted"]))
+    stage("bundle", _bundle_is_current(dirs["bundle"], dirs["converted"], config),
+          lambda: export_bundle(dirs["converted"], dirs["bundle"], config.export))
+    report_file = dirs["report"] / "report.json"
+    report_current = is_report_for(dirs["report"], dirs["bundle"]) and (
+        json.loads(report_file.read_text()).get("config") == to_dict(config.check)
+    )
+    stage("report", report_current, lambda: check(dirs["bundle"], dirs["report"], config.check))
+
+    report = json.loads(report_file.read_text())
+    report["stage_seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    raise_on_failure(report)
+    return report

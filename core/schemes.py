@@ -1,0 +1,115 @@
+"""The scheme registry: each quantization scheme is named once here, with its three faces.
+
+1. ``qat_prepare_config`` - the torchao config that inserts fake quantization for training,
+2. ``base_config`` - the torchao config that quantizes for real (QAT convert and PTQ use it),
+3. ``lowering`` - how ExecuTorch runs it (the XNNPACK delegate, and which linears it should take).
+
+Like torchao, a scheme is a config object, applied with ``quantize_(model, config)``; this module only
+decides which config, with which granularity, on which layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from edgeqat.errors import EdgeqatError
+
+PER_CHANNEL = 0  # group_size 0 means one scale per output channel
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    description: str
+    weight_bits: int
+    dynamic_int8_activations: bool
+    default_group_size: int
+    # Whether XNNPACK lowers the scheme's linears (so the export should report 100% delegated).
+    xnnpack_delegates_linears: bool
+
+
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in (
+        Scheme("8da4w", "int8 dynamic per-token activations, int4 symmetric weights", 4, True, 32, True),
+        Scheme("8da8w", "int8 dynamic per-token activations, int8 symmetric weights", 8, True, PER_CHANNEL, True),
+        Scheme("4w", "int4 weight-only (activations stay float)", 4, False, 32, False),
+    )
+}
+EMBEDDING_BITS = (4, 8)
+
+
+def get_scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise EdgeqatError(f"unknown scheme {name!r}; choose one of: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def _granularity(group_size: int):
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    if group_size < 0:
+        raise EdgeqatError(f"group size must be positive or 0 (per-channel), got {group_size}")
+    return PerAxis(0) if group_size == PER_CHANNEL else PerGroup(group_size)
+
+
+def base_config(scheme: Scheme, group_size: int):
+    """The torchao config that quantizes a linear for real under ``scheme``."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+
+    weight_dtype = torch.int4 if scheme.weight_bits == 4 else torch.int8
+    if scheme.dynamic_int8_activations:
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype, weight_granularity=_granularity(group_size))
+    return IntxWeightOnlyConfig(weight_dtype=weight_dtype, granularity=_granularity(group_size))
+
+
+def embedding_config(bits: int, group_size: int):
+    """Weight-only quantization of the token embedding (4 or 8 bit)."""
+    from torchao.quantization import IntxWeightOnlyConfig
+
+    if bits not in EMBEDDING_BITS:
+        raise EdgeqatError(f"embedding bits must be one of {EMBEDDING_BITS}, got {bits}")
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4 if bits == 4 else torch.int8, granularity=_granularity(group_size))
+
+
+def qat_prepare_config(base):
+    from torchao.quantization.qat import QATConfig
+
+    return QATConfig(base, step="prepare")
+
+
+def qat_convert_config(base):
+    from torchao.quantization.qat import QATConfig
+
+    return QATConfig(base, step="convert")
+
+
+def linear_filter(
+    model: torch.nn.Module, group_size: int, skip_indivisible: bool, warn: Callable[[str], None]
+) -> Callable[[torch.nn.Module, str], bool]:
+    """The ``filter_fn`` for quantize_: every nn.Linear whose in_features the group size divides.
+
+    A layer the group size does not divide is an error naming the layer and the fix, or, with
+    ``skip_indivisible``, is left in float with a warning.
+    """
+    skipped = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and group_size and module.in_features % group_size:
+            if not skip_indivisible:
+                raise EdgeqatError(
+                    f"layer {name!r} has in_features={module.in_features}, not divisible by group size {group_size}; "
+                    f"choose a group size that divides it (or 0 for per-channel), or pass --skip-indivisible "
+                    f"to leave such layers unquantized"
+                )
+            skipped.add(name)
+    if skipped:
+        warn(f"left {len(skipped)} linear layer(s) unquantized (group size {group_size} does not divide them): "
+             + ", ".join(sorted(skipped)))
+    return lambda module, fqn: isinstance(module, torch.nn.Linear) and fqn not in skipped
+
+
+def embedding_filter(module: torch.nn.Module, fqn: str) -> bool:
+    return isinstance(module, torch.nn.Embedding)

@@ -1,0 +1,127 @@
+"""`edgeqat export`: a converted checkpoint -> a bundle folder (model.pte + tokenizer + manifest.json)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from edgeqat.artifacts import atomic_dir, hash_files, versions, write_json_atomic
+from edgeqat.config import ExportConfig, to_dict
+from edgeqat.errors import EdgeqatError
+from edgeqat.export.kv_cache import cached_decoder, eager_forward, export_decoder
+from edgeqat.export.lower import lower_to_xnnpack
+from edgeqat.generation import greedy
+from edgeqat.manifest import FORMAT, FORMAT_VERSION, MANIFEST
+from edgeqat.train.convert import load_converted
+
+log = logging.getLogger("edgeqat")
+PROGRAM = "model.pte"
+TOKENIZER = "tokenizer.json"
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+def runner_metadata(config, tokenizer, max_seq_len: int) -> dict:
+    """The constant methods ExecuTorch's LLM runner reads from the `.pte`."""
+    eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    bos = config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id
+    return {
+        "get_max_seq_len": max_seq_len,
+        "get_max_context_len": max_seq_len,
+        "get_vocab_size": config.vocab_size,
+        "get_bos_id": bos if bos is not None else -1,
+        "get_eos_ids": eos_ids,
+        "use_kv_cache": True,
+        "enable_dynamic_shape": True,
+        "use_sdpa_with_kv_cache": False,
+    }
+
+
+def check_tokenizer_matches(tokenizer, vocab_size: int) -> None:
+    if len(tokenizer) > vocab_size:
+        raise EdgeqatError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab_size}; "
+            f"use the tokenizer the model was trained with"
+        )
+
+
+def golden_outputs(decoder, tokenizer, prompts: list[str], new_tokens: int, max_seq_len: int) -> list[dict]:
+    golden = []
+    forward = eager_forward(decoder)
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not ids or len(ids) >= max_seq_len:
+            raise EdgeqatError(f"golden prompt {prompt!r} is {len(ids)} tokens; it must be 1 to {max_seq_len - 1}")
+        out = greedy(forward, ids, new_tokens, max_seq_len)
+        golden.append({"prompt": prompt, "prompt_ids": ids, "generated_ids": out, "text": tokenizer.decode(out)})
+    return golden
+
+
+def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: ExportConfig) -> Path:
+    converted_dir, bundle_dir = Path(converted_dir), Path(bundle_dir)
+    model, tokenizer, record = load_converted(converted_dir)
+    config = model.config
+    check_tokenizer_matches(tokenizer, config.vocab_size)
+    linear_layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+
+    decoder = cached_decoder(model, export.max_seq_len)
+    log.info("golden outputs for %d prompts", len(export.golden_prompts))
+    golden = golden_outputs(decoder, tokenizer, export.golden_prompts, export.golden_new_tokens, export.max_seq_len)
+    log.info("torch.export (max_seq_len %d)", export.max_seq_len)
+    program = export_decoder(decoder, export.max_seq_len)
+    log.info("lowering to XNNPACK")
+    lowered = lower_to_xnnpack(program, runner_metadata(config, tokenizer, export.max_seq_len))
+    delegated_linears = linear_layers - lowered.linear_layers_undelegated
+    log.info("XNNPACK took %d of %d linear layers (%d delegate calls)", delegated_linears, linear_layers, lowered.delegated_calls)
+
+    meta = runner_metadata(config, tokenizer, export.max_seq_len)
+    with atomic_dir(bundle_dir) as tmp:
+        (tmp / PROGRAM).write_bytes(lowered.program)
+        for name in (TOKENIZER, *TOKENIZER_EXTRAS):
+            if (converted_dir / name).is_file():
+                shutil.copy(converted_dir / name, tmp / name)
+        if not (tmp / TOKENIZER).is_file():
+            raise EdgeqatError(f"{converted_dir} has no {TOKENIZER}; the runner needs a Hugging Face fast tokenizer")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "program": PROGRAM,
+            "tokenizer": TOKENIZER,
+            "model": {
+                "architecture": (config.architectures or [type(model).__name__])[0],
+                "model_type": config.model_type,
+                "vocab_size": config.vocab_size,
+                "bos_id": meta["get_bos_id"] if meta["get_bos_id"] >= 0 else None,
+                "eos_ids": meta["get_eos_ids"],
+                "max_seq_len": export.max_seq_len,
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
+            "quantization": {
+                "mode": record["mode"],
+                "scheme": record["scheme"],
+                "group_size": record["group_size"],
+                "embedding_bits": record["embedding_bits"],
+            },
+            "export": {
+                "method": "forward",
+                "inputs": ["input_ids int64[1, seq_len]", "cache_position int64[seq_len]"],
+                "dynamic_seq_len": True,
+                "backend": "xnnpack",
+                "linear_layers": linear_layers,
+                "linear_layers_delegated": delegated_linears,
+                "delegate_calls": lowered.delegated_calls,
+                "undelegated_ops": lowered.undelegated_ops,
+                "config": to_dict(export),
+            },
+            "golden": golden,
+            "versions": versions(),
+            "source": {"converted": str(converted_dir.resolve()), "converted_files": record["files"]},
+            "files": hash_files(tmp, exclude=(MANIFEST,)),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+    size = (bundle_dir / PROGRAM).stat().st_size
+    log.info("bundle %s: %s %.2f MB", bundle_dir, PROGRAM, size / 1e6)
+    return bundle_dir

@@ -1,0 +1,56 @@
+"""The converted model as a KV-cached decoder, and its `torch.export` with a dynamic sequence length.
+
+The exported method is ``forward(input_ids[1, T], cache_position[T]) -> logits[1, T, vocab]`` over a
+static cache of ``max_seq_len`` positions: T > 1 is a prefill, T == 1 one decode step. This is the
+signature ExecuTorch's LLM runner drives (``enable_dynamic_shape`` in the metadata).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgeqat.errors import EdgeqatError
+
+
+def cached_decoder(model, max_seq_len: int) -> torch.nn.Module:
+    """Transformers' own export recipe: the model plus a static cache registered as buffers."""
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_seq_len > limit:
+        raise EdgeqatError(
+            f"max_seq_len {max_seq_len} is larger than the model's {limit} positions; use --max-seq-len {limit} or less"
+        )
+    model.config.use_cache = True
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.use_cache = True
+    # The outer wrapper's eager forward drops cache_position; its inner module is what it exports.
+    return TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_seq_len).model.eval()
+
+
+def eager_forward(decoder: torch.nn.Module):
+    """forward(tokens, positions) -> logits over the decoder's cache (for golden outputs and timing)."""
+
+    def forward(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return decoder(input_ids=tokens, cache_position=positions)
+
+    return forward
+
+
+def export_decoder(decoder: torch.nn.Module, max_seq_len: int) -> torch.export.ExportedProgram:
+    from torchao.utils import unwrap_tensor_subclass
+
+    unwrap_tensor_subclass(decoder)  # torchao tensors -> plain tensors + quant ops the partitioner matches
+    seq_len = torch.export.Dim("seq_len", min=1, max=max_seq_len - 1)
+    example = torch.tensor([[0, 1]], dtype=torch.long)
+    with torch.no_grad():
+        # strict=True: the non-strict tracer lifts the cache tensors twice (as buffers and as constants)
+        # under torch 2.13, which breaks ExecuTorch's decomposition pass.
+        return torch.export.export(
+            decoder,
+            args=(),
+            kwargs={"input_ids": example, "cache_position": torch.arange(2, dtype=torch.long)},
+            dynamic_shapes={"input_ids": {1: seq_len}, "cache_position": {0: seq_len}},
+            strict=True,
+        )

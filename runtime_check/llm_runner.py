@@ -1,0 +1,43 @@
+"""Generation through ExecuTorch's C++ LLM runner (the code path the Android and iOS libraries wrap)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeqat.errors import EdgeqatError
+
+
+@dataclass
+class RunnerResult:
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    time_to_first_token_ms: int
+
+
+def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_tokens: int) -> RunnerResult:
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    bundle_dir = Path(bundle_dir)
+    try:
+        runner = TextLLMRunner(str(bundle_dir / manifest["program"]), str(bundle_dir / manifest["tokenizer"]))
+    except RuntimeError as e:
+        raise EdgeqatError(f"ExecuTorch's LLM runner cannot load the bundle: {e}") from None
+    pieces: list[str] = []
+    stats: list = []
+    config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False, num_bos=0, num_eos=0)
+    runner.generate(prompt, config, token_callback=pieces.append, stats_callback=stats.append)
+    s = json.loads(stats[-1].to_json_string()) if stats else {}
+    ttft = s.get("first_token_ms", 0) - s.get("inference_start_ms", 0)
+    return RunnerResult(
+        text="".join(pieces),
+        prompt_tokens=s.get("prompt_tokens", 0),
+        generated_tokens=s.get("generated_tokens", len(pieces)),
+        prefill_tokens_per_s=float(s.get("prefill_token_per_sec", 0.0)),
+        decode_tokens_per_s=float(s.get("decode_token_per_sec", 0.0)),
+        time_to_first_token_ms=int(ttft),
+    )

@@ -1,0 +1,46 @@
+"""A bundle's `.pte` loaded with ExecuTorch's runtime: the raw method path, logits at every position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edgeqat.errors import EdgeqatError
+
+
+class PteProgram:
+    """forward(tokens[1, T], positions[T]) -> logits[1, T, V] through the `.pte`'s KV-cached method."""
+
+    def __init__(self, bundle_dir: Path, manifest: dict):
+        from executorch.runtime import Runtime
+
+        path = Path(bundle_dir) / manifest["program"]
+        try:
+            self._program = Runtime.get().load_program(path)
+            self._method = self._program.load_method(manifest["export"]["method"])
+        except (RuntimeError, ValueError) as e:
+            raise EdgeqatError(f"ExecuTorch cannot load {path}: {e}; re-export the bundle") from None
+        self.max_seq_len = self._constant("get_max_seq_len")
+        self.vocab_size = self._constant("get_vocab_size")
+        model = manifest["model"]
+        for name, in_program, in_manifest in (
+            ("max_seq_len", self.max_seq_len, model["max_seq_len"]),
+            ("vocab_size", self.vocab_size, model["vocab_size"]),
+        ):
+            if in_program != in_manifest:
+                raise EdgeqatError(
+                    f"the manifest says {name} {in_manifest} but {path.name} says {in_program}; the bundle's files "
+                    f"come from different exports, re-export it"
+                )
+
+    def _constant(self, name: str) -> int:
+        try:
+            return int(self._program.load_method(name).execute([])[0])
+        except (RuntimeError, ValueError):
+            raise EdgeqatError(f"the .pte has no {name} metadata method; re-export it with edgeqat export") from None
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if positions[-1] >= self.max_seq_len:
+            raise EdgeqatError(f"sequence of {int(positions[-1]) + 1} tokens exceeds the bundle's max_seq_len {self.max_seq_len}")
+        return self._method.execute([tokens, positions])[0]

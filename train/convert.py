@@ -1,0 +1,107 @@
+"""`edgeqat convert`: a trained checkpoint -> a checkpoint with real quantized weights.
+
+QAT checkpoints go through torchao's ``QATConfig(step="convert")``; PTQ checkpoints through the
+scheme's base config; bf16 checkpoints are copied as float (the unquantized reference export).
+Quantized tensors are saved with torchao's safetensors support and reload with `load_converted`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from edgeqat.artifacts import atomic_dir, read_record, verify_files, write_record
+from edgeqat.config import QuantConfig, from_dict
+from edgeqat.errors import EdgeqatError
+from edgeqat.train.quantize import convert_qat, prepare_qat, quantize_ptq
+
+log = logging.getLogger("edgeqat")
+STAGE = "convert"
+WEIGHTS = "model.safetensors"
+
+
+def read_checked_record(folder: Path, stage: str) -> dict:
+    """The artifact's record, after checking it is a ``stage`` artifact whose files are all intact."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgeqatError(f"{folder} not found; run the stage that makes it first")
+    record = read_record(folder)
+    if record.get("stage") != stage:
+        raise EdgeqatError(f"{folder} is a {record.get('stage')!r} artifact, expected a {stage!r} one")
+    problems = verify_files(folder, record["files"])
+    if problems:
+        raise EdgeqatError(f"{folder} is damaged: {'; '.join(problems)}; run the {stage} stage again")
+    return record
+
+
+def convert(checkpoint_dir: str | Path, output_dir: str | Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    record = read_checked_record(checkpoint_dir, "train")
+    mode = record["mode"]
+    quant = from_dict(QuantConfig, record["config"]["quant"])
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    model.requires_grad_(False)
+    if mode == "qat":
+        prepare_qat(model, quant)
+        convert_qat(model, quant)
+    elif mode == "ptq":
+        quantize_ptq(model, quant)
+    save_converted(model, tokenizer, output_dir, record, mode, checkpoint_dir)
+    log.info("converted %s (%s, %s) -> %s", checkpoint_dir, mode, quant.scheme if mode != "bf16" else "float", output_dir)
+    return output_dir
+
+
+def save_converted(model, tokenizer, output_dir: Path, train_record: dict, mode: str, checkpoint_dir: Path) -> None:
+    import safetensors.torch
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    state = {k: v.contiguous() if type(v) is torch.Tensor else v for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False) and mode == "bf16":
+        state.pop("lm_head.weight", None)  # tied: saved once, as the embedding
+    tensors, metadata = flatten_tensor_state_dict(state)
+    quantized = mode != "bf16"
+    with atomic_dir(output_dir) as tmp:
+        safetensors.torch.save_file(tensors, tmp / WEIGHTS, metadata=metadata)
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_record(
+            tmp,
+            STAGE,
+            {"checkpoint": train_record["files"], "train": train_record["config"]},
+            mode=mode,
+            quantized=quantized,
+            scheme=train_record["scheme"] if quantized else "none",
+            group_size=train_record["group_size"] if quantized else None,
+            embedding_bits=train_record["config"]["quant"]["embedding_bits"] if quantized else None,
+            source=str(checkpoint_dir.resolve()),
+        )
+
+
+def load_converted(folder: str | Path):
+    """(model, tokenizer, record) of a converted checkpoint; quantized tensors come back as torchao tensors."""
+    import safetensors
+    import safetensors.torch
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    record = read_checked_record(folder, STAGE)
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = safetensors.torch.load_file(folder / WEIGHTS)
+    with safetensors.safe_open(folder / WEIGHTS, "pt") as f:
+        metadata = f.metadata() or {}
+    state, _ = unflatten_tensor_state_dict(tensors, metadata)
+    if "lm_head.weight" not in state and getattr(config, "tie_word_embeddings", False):
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict(state, assign=True, strict=False)
+    if missing or unexpected:
+        raise EdgeqatError(f"{folder}/{WEIGHTS} does not match its config.json (missing {missing}, unexpected {unexpected})")
+    model.eval().requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(folder), record

@@ -1,0 +1,69 @@
+"""Loading a fine-tuning or evaluation dataset with `datasets`: hub id, local file or folder.
+
+Rows are either plain text (a ``text`` column, or the column the config names) or chat conversations
+(a ``messages`` column of ``{"role", "content"}`` dicts, rendered with the model's chat template by TRL).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeqat.errors import EdgeqatError
+from edgeqat.paths import resolve_source
+
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".csv": "csv"}
+
+
+def _check_jsonl(path: Path) -> None:
+    """`datasets` reports a bad line with no line number; find it first."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EdgeqatError(f"{path}, line {number}: malformed JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise EdgeqatError(f"{path}, line {number}: expected a JSON object per line, got {type(row).__name__}")
+
+
+def load_text_dataset(name: str, default: Path, text_column: str = "text"):
+    """Returns a `datasets.Dataset` with a ``text`` or a ``messages`` column and at least one row."""
+    import datasets
+
+    source = resolve_source(name, default, "dataset")
+    path = Path(source)
+    try:
+        if path.is_file():
+            kind = FORMATS.get(path.suffix)
+            if kind is None:
+                raise EdgeqatError(f"dataset {path}: unsupported file type {path.suffix!r}; use {', '.join(FORMATS)}")
+            if path.suffix == ".jsonl":
+                _check_jsonl(path)
+            data = datasets.load_dataset(kind, data_files=str(path), split="train")
+        elif path.is_dir():
+            data = datasets.load_dataset(str(path), split="train")
+        else:
+            data = datasets.load_dataset(source, split="train")
+    except EdgeqatError:
+        raise
+    except Exception as e:  # datasets raises many types; the user needs the first line of any of them
+        raise EdgeqatError(f"cannot load dataset {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    if "messages" in data.column_names:
+        data = data.select_columns(["messages"])
+    elif text_column in data.column_names:
+        data = data.select_columns([text_column])
+        if text_column != "text":
+            data = data.rename_column(text_column, "text")
+        data = data.filter(lambda row: isinstance(row["text"], str) and row["text"].strip() != "")
+    else:
+        raise EdgeqatError(
+            f"dataset {name!r} has no {text_column!r} or 'messages' column (it has: {', '.join(data.column_names)}); "
+            f"name the text column with --text-column"
+        )
+    if len(data) == 0:
+        raise EdgeqatError(f"dataset {name!r} has no usable rows")
+    return data

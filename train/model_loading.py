@@ -1,0 +1,49 @@
+"""Loading a causal LM and its tokenizer from a hub id or a local folder, on the device the run asked for."""
+
+from __future__ import annotations
+
+import torch
+
+from edgeqat.errors import EdgeqatError
+from edgeqat.paths import DEFAULT_MODEL, resolve_source
+
+# Decoder-only families whose Hugging Face implementation exports with a static KV cache.
+EXPORTABLE_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "gemma3_text", "olmo2")
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise EdgeqatError("the config asks for device cuda, but no CUDA GPU is available; use device: auto or cpu")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def load_config_checked(name: str):
+    from transformers import AutoConfig
+
+    source = resolve_source(name, DEFAULT_MODEL, "model path")
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise EdgeqatError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    if config.model_type not in EXPORTABLE_MODEL_TYPES:
+        raise EdgeqatError(
+            f"model {name!r} is a {config.model_type!r} model; edgeqat exports decoder-only "
+            f"{', '.join(EXPORTABLE_MODEL_TYPES)} models"
+        )
+    return source, config
+
+
+def load_model_and_tokenizer(name: str, dtype: torch.dtype, device: torch.device | str = "cpu"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, _ = load_config_checked(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise EdgeqatError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer

@@ -1,0 +1,82 @@
+"""Applying a scheme to a model with torchao: fake quantization for QAT, real quantization to convert.
+
+The order matters for LoRA: fake quantization goes on the base linears first, and peft adds its
+adapters after, so the rank-r adapter layers (in_features = r) are never group-quantized.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from edgeqat import schemes
+from edgeqat.config import QuantConfig, group_size_of
+
+log = logging.getLogger("edgeqat")
+
+
+def _configs(quant: QuantConfig):
+    """(linear config, linear filter builder, embedding config or None) for a quant config."""
+    scheme = schemes.get_scheme(quant.scheme)
+    group_size = group_size_of(quant)
+    linear = schemes.base_config(scheme, group_size)
+    embedding = None
+    if quant.embedding_bits:
+        embedding = schemes.embedding_config(quant.embedding_bits, group_size)
+    return linear, group_size, embedding
+
+
+def _apply(model: torch.nn.Module, quant: QuantConfig, wrap: Callable, warn: Callable[[str], None]) -> None:
+    from torchao.quantization import quantize_
+
+    linear, group_size, embedding = _configs(quant)
+    linear_filter = schemes.linear_filter(model, group_size, quant.skip_indivisible, warn)
+    if embedding is not None:
+        embedding_dim = model.get_input_embeddings().embedding_dim
+        if group_size and embedding_dim % group_size:
+            from edgeqat.errors import EdgeqatError
+
+            raise EdgeqatError(
+                f"the embedding dimension {embedding_dim} is not divisible by group size {group_size}; "
+                f"choose a group size that divides it, or drop embedding quantization"
+            )
+        quantize_(model, wrap(embedding), filter_fn=schemes.embedding_filter)
+    quantize_(model, wrap(linear), filter_fn=linear_filter)
+
+
+def prepare_qat(model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning) -> None:
+    """Inserts torchao fake quantizers (QATConfig step="prepare") in place."""
+    _apply(model, quant, schemes.qat_prepare_config, warn)
+
+
+def convert_qat(model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning) -> None:
+    """Turns a QAT-prepared model's fake quantization into real quantized weights (step="convert")."""
+    _apply(model, quant, schemes.qat_convert_config, warn)
+
+
+def quantize_ptq(model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning) -> None:
+    """Post-training quantization with the scheme's base config."""
+    _apply(model, quant, lambda config: config, warn)
+
+
+def strip_fake_quant(model: torch.nn.Module) -> torch.nn.Module:
+    """Swaps fake-quantized modules back to plain ones (same weights), so a checkpoint saves as plain HF."""
+    from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, FakeQuantizedLinear):
+                setattr(module, child_name, child.to_linear())
+            elif isinstance(child, FakeQuantizedEmbedding):
+                setattr(module, child_name, child.to_embedding())
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+def count_fake_quantized(model: torch.nn.Module) -> int:
+    from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear
+
+    return sum(isinstance(m, (FakeQuantizedLinear, FakeQuantizedEmbedding)) for m in model.modules())
