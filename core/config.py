@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +97,13 @@ def _build(cls, data: Any, where: str):
 
 
 def _coerce(value, hint, where: str):
-    """Checks a scalar against its annotation; YAML's ints are accepted for floats."""
-    allowed = typing.get_args(hint) or (hint,)
+    """Checks a value against its annotation; YAML's ints are accepted for floats."""
+    if typing.get_origin(hint) is list:  # get_args(list[str]) is (str,): the item type, not alternatives
+        if not isinstance(value, list):
+            raise EdgeqatError(f"config key {where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
     for t in allowed:

@@ -15,6 +15,7 @@ from edgeqat.export.kv_cache import cached_decoder, eager_forward, export_decode
 from edgeqat.export.lower import lower_to_xnnpack
 from edgeqat.generation import greedy
 from edgeqat.manifest import FORMAT, FORMAT_VERSION, MANIFEST
+from edgeqat.schemes import get_scheme
 from edgeqat.train.convert import load_converted
 
 log = logging.getLogger("edgeqat")
@@ -63,6 +64,10 @@ def golden_outputs(decoder, tokenizer, prompts: list[str], new_tokens: int, max_
 def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: ExportConfig) -> Path:
     converted_dir, bundle_dir = Path(converted_dir), Path(bundle_dir)
     model, tokenizer, record = load_converted(converted_dir)
+    if record["quantized"]:
+        blocker = get_scheme(record["scheme"]).export_blocker
+        if blocker:
+            raise EdgeqatError(f"scheme {record['scheme']} cannot be exported: {blocker}")
     config = model.config
     check_tokenizer_matches(tokenizer, config.vocab_size)
     linear_layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())

@@ -21,6 +21,11 @@ def cached_decoder(model, max_seq_len: int) -> torch.nn.Module:
         raise EdgeqatError(
             f"max_seq_len {max_seq_len} is larger than the model's {limit} positions; use --max-seq-len {limit} or less"
         )
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            # padding_idx only changes gradients; left in the graph it stops ExecuTorch from fusing a
+            # quantized embedding into its embedding_4bit/byte kernels.
+            module.padding_idx = None
     model.config.use_cache = True
     model.generation_config.cache_implementation = "static"
     model.generation_config.use_cache = True

@@ -13,6 +13,7 @@ class PteProgram:
     """forward(tokens[1, T], positions[T]) -> logits[1, T, V] through the `.pte`'s KV-cached method."""
 
     def __init__(self, bundle_dir: Path, manifest: dict):
+        import executorch.kernels.quantized  # noqa: F401  quantized embedding kernels for --embedding-bits bundles
         from executorch.runtime import Runtime
 
         path = Path(bundle_dir) / manifest["program"]

@@ -15,8 +15,9 @@ from edgeqat.paths import resolve_source
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".csv": "csv"}
 
 
-def _check_jsonl(path: Path) -> None:
-    """`datasets` reports a bad line with no line number; find it first."""
+def _check_jsonl(path: Path) -> int:
+    """`datasets` reports a bad line with no line number; find it first. Returns the number of rows."""
+    rows = 0
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -27,6 +28,19 @@ def _check_jsonl(path: Path) -> None:
                 raise EdgeqatError(f"{path}, line {number}: malformed JSON ({e.msg}); fix or remove that line") from None
             if not isinstance(row, dict):
                 raise EdgeqatError(f"{path}, line {number}: expected a JSON object per line, got {type(row).__name__}")
+            rows += 1
+    return rows
+
+
+def _is_empty(path: Path) -> bool:
+    """`datasets` fails on an empty file with an unhelpful message (StopIteration, ...); spot it first."""
+    if path.suffix == ".jsonl":
+        return _check_jsonl(path) == 0
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return path.stat().st_size > 0 and pq.ParquetFile(path).metadata.num_rows == 0
+    return path.stat().st_size == 0
 
 
 def load_text_dataset(name: str, default: Path, text_column: str = "text"):
@@ -40,8 +54,8 @@ def load_text_dataset(name: str, default: Path, text_column: str = "text"):
             kind = FORMATS.get(path.suffix)
             if kind is None:
                 raise EdgeqatError(f"dataset {path}: unsupported file type {path.suffix!r}; use {', '.join(FORMATS)}")
-            if path.suffix == ".jsonl":
-                _check_jsonl(path)
+            if _is_empty(path):
+                raise EdgeqatError(f"dataset {name!r} has no usable rows ({path} is empty)")
             data = datasets.load_dataset(kind, data_files=str(path), split="train")
         elif path.is_dir():
             data = datasets.load_dataset(str(path), split="train")

@@ -1,0 +1,161 @@
+"""User errors through the real `edgeqat` command, in process: one line on stderr, no traceback, exit 2.
+
+Every case here must fail on its input before any training, conversion or export starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import datasets
+import pytest
+
+# The libraries print their own import-time notices (torchao's optional kernels); import them before
+# stderr is captured so the captured text is the command's alone.
+import torch  # noqa: F401
+import torchao  # noqa: F401
+import transformers  # noqa: F401
+
+from edgeqat.cli import main
+from edgeqat.errors import EdgeqatError
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Runs each command in an empty folder, with its own datasets cache, and undoes main()'s logging setup."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
+    cache = tmp_path / ".hf-datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", cache / "downloads")
+    monkeypatch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", cache / "downloads" / "extracted")
+    logger = logging.getLogger("edgeqat")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield tmp_path
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def run_cli(capsys, *argv: str) -> str:
+    """Runs `edgeqat ARGV`, asserts it failed as a user error, and returns its one stderr line."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    assert code == EdgeqatError.exit_code, (code, captured.err)
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("edgeqat: error: "), captured.err
+    assert "internal error" not in lines[0]
+    return lines[0]
+
+
+def test_unknown_scheme(capsys, isolated):
+    line = run_cli(capsys, "run", "--scheme", "9bit", "--output", "out")
+    assert "unknown scheme '9bit'" in line
+    assert "8da4w" in line and "8da8w" in line and "4w" in line
+    assert not (isolated / "out").exists()
+
+
+def test_unknown_scheme_with_the_default_output(capsys, isolated):
+    line = run_cli(capsys, "run", "--scheme", "9bit")
+    assert "unknown scheme" in line
+    assert not (isolated / "edgeqat-out").exists()
+
+
+def test_unknown_config_key_in_a_yaml_file(capsys, isolated):
+    (isolated / "c.yaml").write_text("train:\n  max_step: 3\n")
+    line = run_cli(capsys, "run", "c.yaml")
+    assert "train.max_step" in line and "did you mean 'max_steps'" in line
+    line = run_cli(capsys, "train", "--config", "c.yaml", "--output", "ckpt")
+    assert "did you mean 'max_steps'" in line
+    assert not (isolated / "ckpt").exists()
+
+
+def test_bad_yaml(capsys, isolated):
+    (isolated / "bad.yaml").write_text("train:\n  max_steps: 3\n  mode: [qat\n")
+    line = run_cli(capsys, "run", "--config", "bad.yaml")
+    assert "bad.yaml is not valid YAML" in line
+    assert "line 4" in line
+
+
+def test_missing_config_file(capsys):
+    line = run_cli(capsys, "run", "--config", "nope.yaml")
+    assert "config file not found: nope.yaml" in line
+
+
+def test_nonexistent_model_path(capsys, isolated):
+    line = run_cli(capsys, "train", "--model", "./nope", "--output", "X")
+    assert "model path not found: ./nope" in line
+    assert not (isolated / "X").exists()
+    assert [p.name for p in isolated.iterdir() if not p.name.startswith(".hf")] == []  # nothing half-written
+
+
+def test_model_folder_that_is_not_a_model(capsys, isolated):
+    (isolated / "empty-model").mkdir()
+    line = run_cli(capsys, "train", "--model", "./empty-model", "--output", "X")
+    assert "cannot load model './empty-model'" in line
+    assert not (isolated / "X").exists()
+
+
+def test_nonexistent_dataset_path(capsys, isolated):
+    line = run_cli(capsys, "train", "--dataset", "./nope.jsonl", "--output", "X")
+    assert "dataset not found: ./nope.jsonl" in line
+    assert not (isolated / "X").exists()
+
+
+def test_convert_of_a_folder_that_is_not_a_checkpoint(capsys, isolated):
+    (isolated / "notckpt").mkdir()
+    (isolated / "notckpt" / "config.json").write_text("{}")
+    line = run_cli(capsys, "convert", "notckpt", "--output", "conv")
+    assert "notckpt is not an edgeqat artifact" in line
+    assert not (isolated / "conv").exists()
+
+
+def test_convert_of_a_missing_folder(capsys, isolated):
+    line = run_cli(capsys, "convert", "missing", "--output", "conv")
+    assert "missing not found" in line
+    assert not (isolated / "conv").exists()
+
+
+def test_convert_of_the_wrong_stage(capsys, isolated):
+    from edgeqat.artifacts import write_record
+
+    (isolated / "bundle-ish").mkdir()
+    write_record(isolated / "bundle-ish", "convert", {})
+    line = run_cli(capsys, "convert", "bundle-ish", "--output", "conv")
+    assert "is a 'convert' artifact, expected a 'train' one" in line
+
+
+def test_export_of_a_missing_folder(capsys, isolated):
+    line = run_cli(capsys, "export", "missing", "--output", "bundle")
+    assert "missing not found" in line
+    assert not (isolated / "bundle").exists()
+
+
+def test_export_of_a_damaged_checkpoint(capsys, isolated):
+    from edgeqat.artifacts import write_record
+
+    folder = isolated / "conv"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    write_record(folder, "convert", {})
+    (folder / "model.safetensors").write_bytes(b"changed")
+    line = run_cli(capsys, "export", "conv", "--output", "bundle")
+    assert "is damaged" in line and "model.safetensors" in line
+    assert not (isolated / "bundle").exists()
+
+
+def test_check_of_a_folder_without_manifest(capsys, isolated):
+    (isolated / "b").mkdir()
+    (isolated / "b" / "model.pte").write_bytes(b"PTE")
+    line = run_cli(capsys, "check", "b")
+    assert "has no manifest.json" in line
+    assert not (isolated / "report").exists()
+
+
+def test_check_of_a_bundle_with_a_bad_manifest(capsys, isolated):
+    (isolated / "b").mkdir()
+    (isolated / "b" / "manifest.json").write_text(json.dumps({"format": "edgeqat-bundle", "format_version": 99}))
+    line = run_cli(capsys, "check", "b", "--json")
+    assert "upgrade edgeqat" in line
+    assert not (isolated / "report").exists()

@@ -1,0 +1,117 @@
+"""End-to-end: train a few steps, convert, export a real .pte, run it with ExecuTorch and compare.
+
+These use the embedded default model (3.7 M parameters) with a short KV cache so that each pipeline
+takes about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeqat.artifacts import read_record
+from edgeqat.cli import main
+from edgeqat.manifest import load_bundle
+
+pytestmark = pytest.mark.e2e
+FAST = ["--max-steps", "4", "--max-seq-len", "64"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("default") / "out"
+    assert main(["run", "--output", str(out), *FAST]) == 0
+    return out
+
+
+def test_run_leaves_a_bundle_whose_pte_matches_eager(default_run: Path):
+    manifest = load_bundle(default_run / "bundle")
+    assert manifest["quantization"] == {"mode": "qat", "scheme": "8da4w", "group_size": 32, "embedding_bits": None}
+    assert manifest["export"]["linear_layers"] == 29  # 4 layers x 7 + lm_head
+    assert manifest["export"]["linear_layers_delegated"] == manifest["export"]["linear_layers"]
+    assert manifest["model"]["max_seq_len"] == 64
+    assert len(manifest["golden"]) == 3 and all(len(g["generated_ids"]) == 24 for g in manifest["golden"])
+
+    report = json.loads((default_run / "report" / "report.json").read_text())
+    assert report["passed"], report["gates"]
+    assert report["pte_vs_eager"]["cosine_mean"] > 0.99
+    assert report["pte_vs_unquantized"] is not None
+    assert abs(report["perplexity"]["pte"] / report["perplexity"]["eager"] - 1) < 0.02
+    # The LLM runner (the apps' code path) reproduces the eager model's golden text.
+    assert any(g["runner_matches_golden"] for g in report["golden"])
+    assert report["speed"]["pte"]["decode_tokens_per_s"] > 0
+    fp32_weights = (default_run / "checkpoint" / "model.safetensors").stat().st_size
+    assert report["pte_bytes"] < fp32_weights / 2
+    assert "edgeqat check report" in (default_run / "report" / "report.md").read_text()
+
+
+def test_second_run_reuses_every_stage(default_run: Path, caplog):
+    mtimes = {p: p.stat().st_mtime_ns for p in default_run.rglob("*") if p.is_file()}
+    assert main(["run", "--output", str(default_run), *FAST]) == 0
+    assert {p: p.stat().st_mtime_ns for p in default_run.rglob("*") if p.is_file()} == mtimes
+
+
+def test_changed_config_reruns_from_the_first_affected_stage(default_run: Path, tmp_path: Path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(default_run, out)
+    checkpoint_before = (out / "checkpoint" / "edgeqat.json").read_text()
+    bundle_before = (out / "bundle" / "manifest.json").read_text()
+    assert main(["run", "--output", str(out), "--max-steps", "4", "--max-seq-len", "48"]) == 0
+    assert (out / "checkpoint" / "edgeqat.json").read_text() == checkpoint_before  # training not redone
+    assert (out / "bundle" / "manifest.json").read_text() != bundle_before
+    assert load_bundle(out / "bundle")["model"]["max_seq_len"] == 48
+
+
+def test_check_rejects_a_modified_pte(default_run: Path, tmp_path: Path, capsys):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_run / "bundle", bundle)
+    data = bytearray((bundle / "model.pte").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "model.pte").write_bytes(bytes(data))
+    assert main(["check", str(bundle), "--output", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgeqat: error:") and "model.pte" in err and "sha256" in err
+    assert not (tmp_path / "report").exists()
+
+
+def test_check_cli_json_and_failing_threshold(default_run: Path, tmp_path: Path, capsys):
+    code = main(["check", str(default_run / "bundle"), "--output", str(tmp_path / "r"), "--json", "--min-cosine", "1.01"])
+    assert code == 3
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert not report["passed"]
+    assert "logits cosine" in captured.err
+    assert (tmp_path / "r" / "report.json").is_file()  # the report is written even when a gate fails
+
+
+def test_lora_with_qat_and_per_channel_8da8w_ptq(tmp_path: Path):
+    """LoRA rank 16 with 8da4w group 32 (QAT goes on the base linears first), then PTQ 8da8w per channel."""
+    lora = tmp_path / "lora"
+    assert main(["train", "--output", str(lora / "ckpt"), "--lora-rank", "16", "--max-steps", "3"]) == 0
+    record = read_record(lora / "ckpt")
+    assert record["mode"] == "qat" and record["config"]["train"]["lora_rank"] == 16
+    weights = json.loads((lora / "ckpt" / "config.json").read_text())
+    assert weights["model_type"] == "llama"  # merged back into a plain checkpoint
+
+    ptq = tmp_path / "ptq"
+    assert main(["train", "--output", str(ptq / "ckpt"), "--mode", "ptq", "--scheme", "8da8w", "--max-steps", "3"]) == 0
+    assert main(["convert", str(ptq / "ckpt"), "--output", str(ptq / "conv")]) == 0
+    assert main(["export", str(ptq / "conv"), "--output", str(ptq / "bundle"), "--max-seq-len", "48"]) == 0
+    manifest = load_bundle(ptq / "bundle")
+    assert manifest["quantization"]["scheme"] == "8da8w" and manifest["quantization"]["group_size"] == 0
+    assert manifest["export"]["linear_layers_delegated"] == manifest["export"]["linear_layers"]
+    assert main(["check", str(ptq / "bundle"), "--output", str(ptq / "report")]) == 0
+
+
+def test_int4_weight_only_is_refused_at_export_with_the_reason(tmp_path: Path, capsys):
+    assert main(["train", "--output", str(tmp_path / "ckpt"), "--scheme", "4w", "--max-steps", "2"]) == 0
+    assert main(["convert", str(tmp_path / "ckpt"), "--output", str(tmp_path / "conv")]) == 0
+    assert main(["export", str(tmp_path / "conv"), "--output", str(tmp_path / "bundle")]) == 2
+    assert "XNNPACK" in capsys.readouterr().err
+    assert not (tmp_path / "bundle").exists()
