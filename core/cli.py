@@ -26,15 +26,20 @@ def _quiet_libraries(debug: bool) -> None:
         return
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("torch", "torchao", "transformers", "datasets", "executorch", "trl", "peft", "root"):
+    import torch  # noqa: F401  torch configures its loggers on import; quiet them after that
+
+    for name in ("torch", "torchao", "transformers", "datasets", "executorch", "trl", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _setup_logging(debug: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_path=False, show_time=True, markup=False)
-    log.addHandler(handler)
+    for old in list(log.handlers):  # main() may run more than once in a process (tests, notebooks)
+        log.removeHandler(old)
+    # Logs go to stderr: stdout is for results (`check --json`).
+    log.addHandler(RichHandler(console=Console(stderr=True), show_path=False, show_time=True, markup=False))
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
 

@@ -110,6 +110,11 @@ def _coerce(value, hint, where: str):
         origin = typing.get_origin(t) or t
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if origin is float and isinstance(value, str):
+            try:  # PyYAML reads 1e-4 (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
         if origin is int and isinstance(value, bool):
             continue
         if isinstance(origin, type) and isinstance(value, origin):
@@ -140,6 +145,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise EdgeqatError(f"config section {p!r} must be a mapping, got {node!r}")
         node[leaf] = value
     config = _build(RunConfig, data, "")
     validate(config)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,20 @@ class RunnerResult:
     time_to_first_token_ms: int
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """The C++ runner prints tokens and stats to file descriptor 1; keep stdout for `check --json`."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_tokens: int) -> RunnerResult:
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
@@ -30,7 +47,8 @@ def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_toke
     pieces: list[str] = []
     stats: list = []
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False, num_bos=0, num_eos=0)
-    runner.generate(prompt, config, token_callback=pieces.append, stats_callback=stats.append)
+    with _stdout_to_stderr():
+        runner.generate(prompt, config, token_callback=pieces.append, stats_callback=stats.append)
     s = json.loads(stats[-1].to_json_string()) if stats else {}
     ttft = s.get("first_token_ms", 0) - s.get("inference_start_ms", 0)
     return RunnerResult(

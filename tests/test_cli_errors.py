@@ -159,3 +159,26 @@ def test_check_of_a_bundle_with_a_bad_manifest(capsys, isolated):
     line = run_cli(capsys, "check", "b", "--json")
     assert "upgrade edgeqat" in line
     assert not (isolated / "report").exists()
+
+
+def test_unsupported_architecture(capsys, isolated):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained("bert")
+    line = run_cli(capsys, "train", "--model", "./bert", "--output", "ckpt")
+    assert "'bert'" in line and "llama" in line
+    assert not (isolated / "ckpt").exists()
+
+
+def test_group_size_that_does_not_divide_a_layer(capsys, isolated):
+    line = run_cli(capsys, "train", "--group-size", "512", "--max-steps", "1", "--output", "ckpt")
+    assert "in_features=256" in line and "group size 512" in line and "--skip-indivisible" in line
+    assert not (isolated / "ckpt").exists()
+
+
+def test_cuda_asked_for_where_none_is(capsys, isolated):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    line = run_cli(capsys, "train", "--device", "cuda", "--output", "ckpt")
+    assert "no CUDA GPU" in line
+    assert not (isolated / "ckpt").exists()
