@@ -18,8 +18,8 @@ from edgeqat.artifacts import atomic_dir, write_record
 from edgeqat.config import RunConfig, group_size_of, to_dict
 from edgeqat.paths import DEFAULT_TRAIN_DATA
 from edgeqat.train.data import load_text_dataset
-from edgeqat.train.model_loading import load_config_checked, load_model_and_tokenizer, resolve_device
-from edgeqat.train.quantize import count_fake_quantized, prepare_qat, strip_fake_quant
+from edgeqat.train.model_loading import load_config_checked, load_model_and_tokenizer, model_skeleton, resolve_device
+from edgeqat.train.quantize import check_quantizable, count_fake_quantized, prepare_qat, strip_fake_quant
 
 log = logging.getLogger("edgeqat")
 STAGE = "train"
@@ -45,7 +45,10 @@ def train(config: RunConfig, output_dir: str | Path) -> Path:
     device = resolve_device(tc.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 training on CPU is slow and lossy
     torch.manual_seed(tc.seed)
-    load_config_checked(tc.model)  # a wrong model fails here, before the dataset is loaded
+    # A wrong model, or a group size that does not fit it, fails here: before any data or weights load.
+    _, model_config = load_config_checked(tc.model)
+    if tc.mode != "bf16":
+        check_quantizable(model_skeleton(model_config), config.quant, warn=lambda message: None)
     dataset = load_text_dataset(tc.dataset, DEFAULT_TRAIN_DATA, tc.text_column)
     model, tokenizer = load_model_and_tokenizer(tc.model, dtype, device)
 

@@ -35,6 +35,14 @@ def load_config_checked(name: str):
     return source, config
 
 
+def model_skeleton(config) -> torch.nn.Module:
+    """The model's modules with no memory behind them (meta tensors): enough to check layer shapes."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
 def load_model_and_tokenizer(name: str, dtype: torch.dtype, device: torch.device | str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

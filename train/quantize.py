@@ -13,6 +13,7 @@ import torch
 
 from edgeqat import schemes
 from edgeqat.config import QuantConfig, group_size_of
+from edgeqat.errors import EdgeqatError
 
 log = logging.getLogger("edgeqat")
 
@@ -28,20 +29,26 @@ def _configs(quant: QuantConfig):
     return linear, group_size, embedding
 
 
-def _apply(model: torch.nn.Module, quant: QuantConfig, wrap: Callable, warn: Callable[[str], None]) -> None:
-    from torchao.quantization import quantize_
-
-    linear, group_size, embedding = _configs(quant)
+def check_quantizable(model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning):
+    """The linear filter for ``quant`` on ``model``; raises before any work when the group size does not fit."""
+    _, group_size, embedding = _configs(quant)
     linear_filter = schemes.linear_filter(model, group_size, quant.skip_indivisible, warn)
     if embedding is not None:
         embedding_dim = model.get_input_embeddings().embedding_dim
         if group_size and embedding_dim % group_size:
-            from edgeqat.errors import EdgeqatError
-
             raise EdgeqatError(
                 f"the embedding dimension {embedding_dim} is not divisible by group size {group_size}; "
                 f"choose a group size that divides it, or drop embedding quantization"
             )
+    return linear_filter
+
+
+def _apply(model: torch.nn.Module, quant: QuantConfig, wrap: Callable, warn: Callable[[str], None]) -> None:
+    from torchao.quantization import quantize_
+
+    linear, _, embedding = _configs(quant)
+    linear_filter = check_quantizable(model, quant, warn)
+    if embedding is not None:
         quantize_(model, wrap(embedding), filter_fn=schemes.embedding_filter)
     quantize_(model, wrap(linear), filter_fn=linear_filter)
 
