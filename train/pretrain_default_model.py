@@ -172,8 +172,11 @@ def package(out: Path) -> None:
 
     dest = ASSETS / "default_model"
     model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.bfloat16)
+    provenance = (dest / "README.md").read_text() if (dest / "README.md").is_file() else None
     shutil.rmtree(dest, ignore_errors=True)
     model.save_pretrained(dest, safe_serialization=True)
+    if provenance:
+        (dest / "README.md").write_text(provenance)
     for f in (out / "model").iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy(f, dest / f.name)
