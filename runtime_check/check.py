@@ -73,7 +73,11 @@ def time_forward(forward: Forward, prompt: torch.Tensor, decode_tokens: int, rep
 
 
 def _references(manifest: dict, converted: str | None, unquantized: str | None):
-    """(converted model, its tokenizer, unquantized model or None), from arguments or the manifest."""
+    """(converted model, tokenizer, unquantized model or None, their folders), from arguments or the manifest.
+
+    The converted model must be the very one the bundle was exported from (its files' sha256s match the
+    manifest), or the comparison would measure the wrong thing.
+    """
     from transformers import AutoModelForCausalLM
 
     from edgeqat.train.convert import load_converted
@@ -84,6 +88,8 @@ def _references(manifest: dict, converted: str | None, unquantized: str | None):
             f"the converted model behind this bundle was not found ({converted_dir}); pass it with --reference"
         )
     model, tokenizer, record = load_converted(converted_dir)
+    if record["files"] != manifest.get("source", {}).get("converted_files"):
+        raise EdgeqatError(f"{converted_dir} is not the converted model this bundle was exported from (its files differ)")
     float_dir = Path(unquantized or record.get("source", ""))
     float_model = None
     if (float_dir / "config.json").is_file():
