@@ -16,7 +16,7 @@ from edgeqat.export.lower import lower_to_xnnpack
 from edgeqat.generation import greedy
 from edgeqat.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 from edgeqat.schemes import get_scheme
-from edgeqat.train.convert import load_converted
+from edgeqat.train.convert import load_converted, read_checked_record
 
 log = logging.getLogger("edgeqat")
 PROGRAM = "model.pte"
@@ -63,11 +63,12 @@ def golden_outputs(decoder, tokenizer, prompts: list[str], new_tokens: int, max_
 
 def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: ExportConfig) -> Path:
     converted_dir, bundle_dir = Path(converted_dir), Path(bundle_dir)
-    model, tokenizer, record = load_converted(converted_dir)
+    record = read_checked_record(converted_dir, "convert")
     if record["quantized"]:
         blocker = get_scheme(record["scheme"]).export_blocker
         if blocker:
             raise EdgeqatError(f"scheme {record['scheme']} cannot be exported: {blocker}")
+    model, tokenizer, _ = load_converted(converted_dir, record)
     config = model.config
     check_tokenizer_matches(tokenizer, config.vocab_size)
     linear_layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -78,11 +79,11 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
     log.info("torch.export (max_seq_len %d)", export.max_seq_len)
     program = export_decoder(decoder, export.max_seq_len)
     log.info("lowering to XNNPACK")
-    lowered = lower_to_xnnpack(program, runner_metadata(config, tokenizer, export.max_seq_len))
+    meta = runner_metadata(config, tokenizer, export.max_seq_len)
+    lowered = lower_to_xnnpack(program, meta)
     delegated_linears = linear_layers - lowered.linear_layers_undelegated
     log.info("XNNPACK took %d of %d linear layers (%d delegate calls)", delegated_linears, linear_layers, lowered.delegated_calls)
 
-    meta = runner_metadata(config, tokenizer, export.max_seq_len)
     with atomic_dir(bundle_dir) as tmp:
         (tmp / PROGRAM).write_bytes(lowered.program)
         for name in (TOKENIZER, *TOKENIZER_EXTRAS):

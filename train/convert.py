@@ -83,15 +83,18 @@ def save_converted(model, tokenizer, output_dir: Path, train_record: dict, mode:
         )
 
 
-def load_converted(folder: str | Path):
-    """(model, tokenizer, record) of a converted checkpoint; quantized tensors come back as torchao tensors."""
+def load_converted(folder: str | Path, record: dict | None = None):
+    """(model, tokenizer, record) of a converted checkpoint; quantized tensors come back as torchao tensors.
+
+    ``record`` is the folder's record when the caller has already verified it (read_checked_record).
+    """
     import safetensors
     import safetensors.torch
     from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
-    record = read_checked_record(folder, STAGE)
+    record = record or read_checked_record(folder, STAGE)
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     tensors = safetensors.torch.load_file(folder / WEIGHTS)
