@@ -79,10 +79,37 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+# The file that marks a folder as a stage's artifact: edgeqat only ever replaces such folders.
+STAGE_MARKERS = {"train": RECORD, "convert": RECORD, "export": "manifest.json", "check": "report.json"}
+
+
+def ensure_replaceable(dest: Path, stage: str) -> None:
+    """Refuses an output folder that holds anything but an earlier output of the same stage."""
+    dest = Path(dest)
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise EdgeqatError(f"output {dest} exists and is a file; choose another output folder")
+    if not any(dest.iterdir()):
+        return
+    marker = dest / STAGE_MARKERS[stage]
+    if marker.is_file():
+        if marker.name != RECORD:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            if json.loads(marker.read_text()).get("stage") == stage:
+                return
+    raise EdgeqatError(
+        f"output {dest} exists and is not an edgeqat {stage} output; edgeqat replaces only its own artifacts, "
+        f"so choose another output folder or remove it"
+    )
+
+
 @contextlib.contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
+def atomic_dir(dest: Path, stage: str) -> Iterator[Path]:
     """Yields a temporary folder beside ``dest``; on success it replaces ``dest`` in one rename."""
     dest = Path(dest)
+    ensure_replaceable(dest, stage)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o755)

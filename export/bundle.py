@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, hash_files, versions, write_json_atomic
+from edgeqat.artifacts import atomic_dir, ensure_replaceable, hash_files, versions, write_json_atomic
 from edgeqat.config import ExportConfig, to_dict
 from edgeqat.errors import EdgeqatError
 from edgeqat.export.kv_cache import cached_decoder, eager_forward, export_decoder
@@ -63,6 +63,7 @@ def golden_outputs(decoder, tokenizer, prompts: list[str], new_tokens: int, max_
 
 def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: ExportConfig) -> Path:
     converted_dir, bundle_dir = Path(converted_dir), Path(bundle_dir)
+    ensure_replaceable(bundle_dir, "export")
     record = read_checked_record(converted_dir, "convert")
     if record["quantized"]:
         blocker = get_scheme(record["scheme"]).export_blocker
@@ -84,7 +85,7 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
     delegated_linears = linear_layers - lowered.linear_layers_undelegated
     log.info("XNNPACK took %d of %d linear layers (%d delegate calls)", delegated_linears, linear_layers, lowered.delegated_calls)
 
-    with atomic_dir(bundle_dir) as tmp:
+    with atomic_dir(bundle_dir, "export") as tmp:
         (tmp / PROGRAM).write_bytes(lowered.program)
         for name in (TOKENIZER, *TOKENIZER_EXTRAS):
             if (converted_dir / name).is_file():

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, sha256_file, versions, write_json_atomic, write_text_atomic
+from edgeqat.artifacts import atomic_dir, ensure_replaceable, sha256_file, versions, write_json_atomic, write_text_atomic
 from edgeqat.config import CheckConfig, to_dict
 from edgeqat.errors import CheckFailed, EdgeqatError
 from edgeqat.generation import greedy, prefill_positions
@@ -114,6 +114,7 @@ def check(
     from edgeqat.export.kv_cache import cached_decoder, eager_forward
 
     bundle_dir, report_dir = Path(bundle_dir), Path(report_dir)
+    ensure_replaceable(report_dir, "check")
     manifest = load_bundle(bundle_dir)
     pte = PteProgram(bundle_dir, manifest)
     model, tokenizer, float_model, converted_dir, float_dir = _references(manifest, converted, unquantized)
@@ -196,7 +197,7 @@ def check(
         "versions": versions(),
         "config": to_dict(config),
     }
-    with atomic_dir(report_dir) as tmp:
+    with atomic_dir(report_dir, "check") as tmp:
         write_json_atomic(tmp / REPORT_JSON, report)
         write_text_atomic(tmp / REPORT_MD, render_markdown(report))
     return report

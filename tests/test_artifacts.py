@@ -11,6 +11,7 @@ import pytest
 from edgeqat.artifacts import (
     RECORD,
     atomic_dir,
+    ensure_replaceable,
     hash_files,
     is_valid_artifact,
     read_record,
@@ -43,7 +44,7 @@ def _make_artifact(folder, stage="train", config=None):
 
 def test_atomic_dir_creates_the_folder(tmp_path):
     dest = tmp_path / "out" / "artifact"
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, "check") as tmp:
         assert tmp.parent == dest.parent and tmp != dest
         assert not dest.exists()  # nothing at the destination until the body is done
         (tmp / "a.txt").write_text("new")
@@ -55,8 +56,8 @@ def test_atomic_dir_creates_the_folder(tmp_path):
 def test_atomic_dir_replaces_an_existing_folder(tmp_path):
     dest = tmp_path / "artifact"
     dest.mkdir()
-    (dest / "old.txt").write_text("old")
-    with atomic_dir(dest) as tmp:
+    (dest / "report.json").write_text("old")
+    with atomic_dir(dest, "check") as tmp:
         (tmp / "new.txt").write_text("new")
     assert _entries(dest) == ["new.txt"]
     assert _entries(tmp_path) == ["artifact"]  # no .old or .tmp folders left
@@ -65,24 +66,48 @@ def test_atomic_dir_replaces_an_existing_folder(tmp_path):
 def test_atomic_dir_keeps_the_old_folder_when_the_body_raises(tmp_path):
     dest = tmp_path / "artifact"
     dest.mkdir()
-    (dest / "old.txt").write_text("old")
+    (dest / "report.json").write_text("old")
     with pytest.raises(Boom):
-        with atomic_dir(dest) as tmp:
+        with atomic_dir(dest, "check") as tmp:
             (tmp / "half.txt").write_text("half")
             raise Boom()
-    assert _entries(dest) == ["old.txt"]
-    assert (dest / "old.txt").read_text() == "old"
+    assert _entries(dest) == ["report.json"]
+    assert (dest / "report.json").read_text() == "old"
     assert _entries(tmp_path) == ["artifact"]  # the temporary folder was removed
 
 
 def test_atomic_dir_writes_nothing_when_the_body_raises(tmp_path):
     dest = tmp_path / "artifact"
     with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(dest) as tmp:
+        with atomic_dir(dest, "check") as tmp:
             (tmp / "half.txt").write_text("half")
             raise KeyboardInterrupt()
     assert not dest.exists()
     assert _entries(tmp_path) == []
+
+
+def test_atomic_dir_never_replaces_a_folder_that_is_not_its_own_artifact(tmp_path):
+    dest = tmp_path / "photos"
+    dest.mkdir()
+    (dest / "holiday.jpg").write_bytes(b"jpeg")
+    with pytest.raises(EdgeqatError, match="not an edgeqat check output"):
+        with atomic_dir(dest, "check"):
+            pass
+    assert _entries(dest) == ["holiday.jpg"]
+    assert _entries(tmp_path) == ["photos"]
+
+
+def test_ensure_replaceable_accepts_only_the_same_stage(tmp_path):
+    ensure_replaceable(tmp_path / "missing", "train")
+    (tmp_path / "empty").mkdir()
+    ensure_replaceable(tmp_path / "empty", "train")
+    _make_artifact(tmp_path / "ckpt", stage="train")
+    ensure_replaceable(tmp_path / "ckpt", "train")
+    with pytest.raises(EdgeqatError, match="not an edgeqat convert output"):
+        ensure_replaceable(tmp_path / "ckpt", "convert")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EdgeqatError, match="is a file"):
+        ensure_replaceable(tmp_path / "file", "export")
 
 
 def test_write_json_atomic_leaves_no_temp_file(tmp_path):

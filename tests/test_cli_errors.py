@@ -182,3 +182,11 @@ def test_cuda_asked_for_where_none_is(capsys, isolated):
     line = run_cli(capsys, "train", "--device", "cuda", "--output", "ckpt")
     assert "no CUDA GPU" in line
     assert not (isolated / "ckpt").exists()
+
+
+def test_output_folder_holding_something_else_is_refused_before_any_work(capsys, isolated):
+    (isolated / "mine").mkdir()
+    (isolated / "mine" / "notes.txt").write_text("keep me")
+    line = run_cli(capsys, "train", "--output", "mine", "--max-steps", "1")
+    assert "mine" in line and "not an edgeqat train output" in line
+    assert (isolated / "mine" / "notes.txt").read_text() == "keep me"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, read_record, verify_files, write_record
+from edgeqat.artifacts import atomic_dir, ensure_replaceable, read_record, verify_files, write_record
 from edgeqat.config import QuantConfig, from_dict
 from edgeqat.errors import EdgeqatError
 from edgeqat.train.quantize import convert_qat, prepare_qat, quantize_ptq
@@ -40,6 +40,7 @@ def convert(checkpoint_dir: str | Path, output_dir: str | Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    ensure_replaceable(output_dir, STAGE)
     record = read_checked_record(checkpoint_dir, "train")
     mode = record["mode"]
     quant = from_dict(QuantConfig, record["config"]["quant"])
@@ -65,7 +66,7 @@ def save_converted(model, tokenizer, output_dir: Path, train_record: dict, mode:
         state.pop("lm_head.weight", None)  # tied: saved once, as the embedding
     tensors, metadata = flatten_tensor_state_dict(state)
     quantized = mode != "bf16"
-    with atomic_dir(output_dir) as tmp:
+    with atomic_dir(output_dir, STAGE) as tmp:
         safetensors.torch.save_file(tensors, tmp / WEIGHTS, metadata=metadata)
         model.config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, write_record
+from edgeqat.artifacts import atomic_dir, ensure_replaceable, write_record
 from edgeqat.config import RunConfig, group_size_of, to_dict
 from edgeqat.paths import DEFAULT_TRAIN_DATA
 from edgeqat.train.data import load_text_dataset
@@ -42,6 +42,7 @@ def train(config: RunConfig, output_dir: str | Path) -> Path:
 
     tc = config.train
     output_dir = Path(output_dir)
+    ensure_replaceable(output_dir, STAGE)  # before the work, not after it
     device = resolve_device(tc.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 training on CPU is slow and lossy
     torch.manual_seed(tc.seed)
@@ -86,7 +87,7 @@ def train(config: RunConfig, output_dir: str | Path) -> Path:
     if tc.lora_rank:
         model = model.merge_and_unload()
     strip_fake_quant(model)
-    with atomic_dir(output_dir) as tmp:
+    with atomic_dir(output_dir, STAGE) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_record(
