@@ -80,16 +80,17 @@ def _references(manifest: dict, converted: str | None, unquantized: str | None):
     """
     from transformers import AutoModelForCausalLM
 
-    from edgeqat.train.convert import load_converted
+    from edgeqat.train.convert import load_converted, read_checked_record
 
     converted_dir = Path(converted or manifest.get("source", {}).get("converted", ""))
     if not (converted_dir / "edgeqat.json").is_file():
         raise EdgeqatError(
             f"the converted model behind this bundle was not found ({converted_dir}); pass it with --reference"
         )
-    model, tokenizer, record = load_converted(converted_dir)
+    record = read_checked_record(converted_dir, "convert")
     if record["files"] != manifest.get("source", {}).get("converted_files"):
         raise EdgeqatError(f"{converted_dir} is not the converted model this bundle was exported from (its files differ)")
+    model, tokenizer, _ = load_converted(converted_dir, record)
     float_dir = Path(unquantized or record.get("source", ""))
     float_model = None
     if (float_dir / "config.json").is_file():
