@@ -80,7 +80,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 # The file that marks a folder as a stage's artifact: edgeqat only ever replaces such folders.
-STAGE_MARKERS = {"train": RECORD, "convert": RECORD, "export": "manifest.json", "check": "report.json"}
+STAGE_MARKERS = {"train": RECORD, "convert": RECORD, "export": "manifest.json", "check": "report.json", "study": "study.json"}
 
 
 def ensure_replaceable(dest: Path, stage: str) -> None:

@@ -54,7 +54,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", dest="train.max_steps", type=int)
     g.add_argument("--batch-size", dest="train.batch_size", type=int)
     g.add_argument("--learning-rate", dest="train.learning_rate", type=float)
+    g.add_argument("--lr-scheduler", dest="train.lr_scheduler", help="cosine (default), linear, constant_with_warmup, ...")
+    g.add_argument("--gradient-accumulation-steps", dest="train.gradient_accumulation_steps", type=int)
+    g.add_argument("--gradient-checkpointing", dest="train.gradient_checkpointing", action="store_const", const=True)
+    g.add_argument("--packing", dest="train.packing", action="store_const", const=True, help="pack rows, padding-free")
     g.add_argument("--max-length", dest="train.max_length", type=int, help="training sequence length")
+    g.add_argument("--save-steps", dest="train.save_steps", type=int, help="a resumable checkpoint every N steps")
     g.add_argument("--device", dest="train.device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--seed", dest="train.seed", type=int)
     q = p.add_argument_group("quantization")
@@ -62,6 +67,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     q.add_argument("--group-size", dest="quant.group_size", type=int, help="32/64/128/256, or 0 for per-channel")
     q.add_argument("--embedding-bits", dest="quant.embedding_bits", type=int, choices=[4, 8])
     q.add_argument("--skip-indivisible", dest="quant.skip_indivisible", action="store_const", const=True)
+
+
+def _add_resume_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training from its last checkpoint")
 
 
 def _add_export_options(p: argparse.ArgumentParser) -> None:
@@ -88,12 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config_file", nargs="?", help="YAML config (same as --config)")
     p.add_argument("--output", dest="output_dir", help="output folder (default: edgeqat-out)")
     _add_train_options(p)
+    _add_resume_option(p)
     _add_export_options(p)
     _add_check_options(p)
+
+    p = sub.add_parser("study", parents=[common], help="bf16 vs PTQ vs QAT: train, quantize, evaluate, report")
+    p.add_argument("config_file", nargs="?", help="YAML config (same as --config)")
+    p.add_argument("--output", dest="output_dir", help="output folder (default: edgeqat-out)")
+    _add_train_options(p)
+    _add_resume_option(p)
+    p.add_argument("--eval-dataset", dest="check.eval_dataset", help="held-out text (default: embedded)")
+    p.add_argument("--lm-eval-tasks", dest="study.lm_eval_tasks", type=lambda v: [t for t in v.split(",") if t],
+                   help="comma-separated lm-eval tasks (needs lm-eval installed)")
 
     p = sub.add_parser("train", parents=[common], help="fine-tune (qat | bf16 | ptq) into a checkpoint folder")
     p.add_argument("--output", required=True, help="checkpoint folder to write")
     _add_train_options(p)
+    _add_resume_option(p)
 
     p = sub.add_parser("convert", parents=[common], help="fake-quantized checkpoint -> real quantized weights")
     p.add_argument("checkpoint")
@@ -114,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-OPTION_KEYS = ("train.", "quant.", "export.", "check.")
+OPTION_KEYS = ("train.", "quant.", "export.", "check.", "study.")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -133,17 +153,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeqat.runtime_check.report import print_table
 
         try:
-            report = run(config)
+            report = run(config, resume=args.resume)
         finally:
             report_file = Path(config.output_dir) / "report" / "report.json"
             if report_file.is_file():
                 print_table(json.loads(report_file.read_text()))
         log.info("bundle: %s  report: %s", Path(config.output_dir) / "bundle", Path(config.output_dir) / "report" / "report.md")
         return 0 if report["passed"] else 3
+    if args.command == "study":
+        from edgeqat.train.study import study
+        from edgeqat.train.study_report import STUDY_MD
+
+        report = study(config, resume=args.resume)
+        if report:  # rank 0 under torchrun
+            print((Path(config.output_dir) / "study" / STUDY_MD).read_text())
+        return 0
     if args.command == "train":
         from edgeqat.train.finetune import train
 
-        train(config, args.output)
+        train(config, args.output, resume=args.resume)
     elif args.command == "convert":
         from edgeqat.train.convert import convert
 

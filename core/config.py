@@ -16,6 +16,9 @@ from edgeqat.errors import EdgeqatError
 
 DEFAULT = "default"  # names the embedded model / dataset shipped in edgeqat/assets
 MODES = ("qat", "bf16", "ptq")
+# transformers' schedulers that need no extra arguments (its SchedulerType; importing it here costs seconds)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "warmup_stable_decay")
 
 
 @dataclass
@@ -39,6 +42,14 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 3e-4
     max_length: int = 256
+    lr_scheduler: str = "cosine"  # any of transformers' schedulers: cosine | linear | constant_with_warmup | ...
+    warmup_ratio: float = 0.05
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    packing: bool = False  # TRL packs rows into max_length sequences, padding-free (best-fit decreasing)
+    assistant_only_loss: bool = False  # chat data: loss on the assistant's turns only
+    save_steps: int = 0  # 0: no intermediate checkpoints; N: a resumable checkpoint every N optimizer steps
+    save_total_limit: int = 2  # checkpoints kept while training (at least 2, so a complete one always survives)
+    logging_steps: int = 0  # 0: max_steps / 20
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
 
@@ -69,12 +80,21 @@ class CheckConfig:
 
 
 @dataclass
+class StudyConfig:
+    eval_windows: int = 64  # held-out windows of train.max_length tokens for perplexity (check.eval_dataset)
+    lm_eval_tasks: list[str] = field(default_factory=list)  # lm-eval harness tasks (needs `pip install lm-eval`)
+    lm_eval_limit: int = 0  # 0: every example of each task
+    lm_eval_batch_size: int = 8
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "edgeqat-out"
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 def _build(cls, data: Any, where: str):
@@ -168,8 +188,25 @@ def validate(config: RunConfig) -> None:
     for name in ("max_steps", "batch_size", "max_length", "gradient_accumulation_steps"):
         if getattr(config.train, name) < 1:
             raise EdgeqatError(f"train.{name} must be at least 1")
+    for name in ("save_steps", "logging_steps", "lora_rank"):
+        if getattr(config.train, name) < 0:
+            raise EdgeqatError(f"train.{name} must be 0 or more")
+    if config.train.save_total_limit < 2:
+        raise EdgeqatError("train.save_total_limit must be at least 2, so that a complete checkpoint survives a crash")
+    if not 0 <= config.train.warmup_ratio < 1:
+        raise EdgeqatError(f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}")
+    _check_scheduler(config.train.lr_scheduler)
+    if config.study.eval_windows < 1:
+        raise EdgeqatError("study.eval_windows must be at least 1")
     if config.export.max_seq_len < 2:
         raise EdgeqatError("export.max_seq_len must be at least 2")
+
+
+def _check_scheduler(name: str) -> None:
+    if name not in LR_SCHEDULERS:
+        close = difflib.get_close_matches(name, LR_SCHEDULERS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose one of: {', '.join(LR_SCHEDULERS)}"
+        raise EdgeqatError(f"unknown train.lr_scheduler {name!r}; {hint}")
 
 
 def group_size_of(quant: QuantConfig) -> int:

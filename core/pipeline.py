@@ -38,11 +38,11 @@ def _bundle_is_current(bundle: Path, converted: Path, config: RunConfig) -> bool
     )
 
 
-def run(config: RunConfig) -> dict:
-    """Runs (or resumes) the pipeline; returns the check report."""
+def run(config: RunConfig, resume: bool = False) -> dict:
+    """Runs (or resumes) the pipeline; returns the check report. ``resume`` continues an interrupted training."""
     from edgeqat.export.bundle import export_bundle
     from edgeqat.runtime_check.check import check, is_report_for, raise_on_failure
-    from edgeqat.train.convert import convert
+    from edgeqat.train.convert import convert, converted_config
     from edgeqat.train.finetune import stage_config, train
 
     dirs = stage_dirs(config.output_dir)
@@ -58,9 +58,9 @@ def run(config: RunConfig) -> dict:
         timings[name] = time.perf_counter() - start
 
     stage("checkpoint", is_valid_artifact(dirs["checkpoint"], "train", stage_config(config)),
-          lambda: train(config, dirs["checkpoint"]))
+          lambda: train(config, dirs["checkpoint"], resume))
     ckpt = read_record(dirs["checkpoint"])
-    stage("converted", is_valid_artifact(dirs["converted"], "convert", {"checkpoint": ckpt["files"], "train": ckpt["config"]}),
+    stage("converted", is_valid_artifact(dirs["converted"], "convert", converted_config(ckpt, ckpt["mode"])),
           lambda: convert(dirs["checkpoint"], dirs["converted"]))
     stage("bundle", _bundle_is_current(dirs["bundle"], dirs["converted"], config),
           lambda: export_bundle(dirs["converted"], dirs["bundle"], config.export))

@@ -25,30 +25,11 @@ from edgeqat.runtime_check import metrics
 from edgeqat.runtime_check.llm_runner import generate_with_runner
 from edgeqat.runtime_check.pte_program import PteProgram
 from edgeqat.runtime_check.report import render_markdown
+from edgeqat.train.data import token_windows
 
 log = logging.getLogger("edgeqat")
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
-
-
-def eval_windows(tokenizer, dataset: str, count: int, length: int) -> list[torch.Tensor]:
-    """Up to ``count`` windows of ``length`` tokens of held-out text (rows joined by EOS)."""
-    from edgeqat.train.data import load_text_dataset
-
-    data = load_text_dataset(dataset, DEFAULT_EVAL_DATA)
-    if "text" not in data.column_names:
-        raise EdgeqatError(f"evaluation dataset {dataset!r} must be plain text (a 'text' column)")
-    ids: list[int] = []
-    for text in data["text"]:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if tokenizer.eos_token_id is not None:
-            ids.append(tokenizer.eos_token_id)
-        if len(ids) >= count * length:
-            break
-    windows = [torch.tensor(ids[i : i + length]) for i in range(0, len(ids) - length + 1, length)][:count]
-    if not windows:
-        raise EdgeqatError(f"evaluation dataset {dataset!r} has fewer than {length} tokens; give more held-out text")
-    return windows
 
 
 def time_forward(forward: Forward, prompt: torch.Tensor, decode_tokens: int, repeats: int = 3) -> dict[str, float]:
@@ -120,7 +101,7 @@ def check(
     pte = PteProgram(bundle_dir, manifest)
     model, tokenizer, float_model, converted_dir, float_dir = _references(manifest, converted, unquantized)
     max_seq_len = manifest["model"]["max_seq_len"]
-    windows = eval_windows(tokenizer, config.eval_dataset, config.eval_windows, max_seq_len - 1)
+    windows = token_windows(tokenizer, config.eval_dataset, DEFAULT_EVAL_DATA, config.eval_windows, max_seq_len - 1)
     log.info("comparing on %d held-out windows of %d tokens", len(windows), len(windows[0]))
 
     pte_vs_eager, pte_vs_float, nll = [], [], {"pte": 0.0, "eager": 0.0, "unquantized": 0.0}

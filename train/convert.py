@@ -36,13 +36,16 @@ def read_checked_record(folder: Path, stage: str) -> dict:
     return record
 
 
-def convert(checkpoint_dir: str | Path, output_dir: str | Path) -> Path:
+def convert(checkpoint_dir: str | Path, output_dir: str | Path, mode: str | None = None) -> Path:
+    """``mode`` "ptq" quantizes a plain (bf16) fine-tune after training; by default the checkpoint's own mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
     ensure_replaceable(output_dir, STAGE)
     record = read_checked_record(checkpoint_dir, "train")
-    mode = record["mode"]
+    mode = mode or record["mode"]
+    if mode != record["mode"] and not (mode == "ptq" and record["mode"] == "bf16"):
+        raise EdgeqatError(f"a {record['mode']!r} checkpoint cannot be converted as {mode!r}; only bf16 -> ptq is allowed")
     quant = from_dict(QuantConfig, record["config"]["quant"])
     model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
@@ -74,7 +77,7 @@ def save_converted(model, tokenizer, output_dir: Path, train_record: dict, mode:
         write_record(
             tmp,
             STAGE,
-            {"checkpoint": train_record["files"], "train": train_record["config"]},
+            converted_config(train_record, mode),
             mode=mode,
             quantized=quantized,
             scheme=train_record["scheme"] if quantized else "none",
@@ -82,6 +85,11 @@ def save_converted(model, tokenizer, output_dir: Path, train_record: dict, mode:
             embedding_bits=train_record["config"]["quant"]["embedding_bits"] if quantized else None,
             source=str(checkpoint_dir.resolve()),
         )
+
+
+def converted_config(train_record: dict, mode: str) -> dict:
+    """What a converted artifact depends on: the checkpoint's files and config, and how it was quantized."""
+    return {"checkpoint": train_record["files"], "train": train_record["config"], "mode": mode}
 
 
 def load_converted(folder: str | Path, record: dict | None = None):

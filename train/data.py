@@ -81,3 +81,23 @@ def load_text_dataset(name: str, default: Path, text_column: str = "text"):
     if len(data) == 0:
         raise EdgeqatError(f"dataset {name!r} has no usable rows")
     return data
+
+
+def token_windows(tokenizer, dataset: str, default: Path, count: int, length: int) -> list:
+    """Up to ``count`` non-overlapping windows of ``length`` tokens of plain text (rows joined by EOS)."""
+    import torch
+
+    data = load_text_dataset(dataset, default)
+    if "text" not in data.column_names:
+        raise EdgeqatError(f"evaluation dataset {dataset!r} must be plain text (a 'text' column)")
+    ids: list[int] = []
+    for text in data["text"]:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        if len(ids) >= count * length:
+            break
+    windows = [torch.tensor(ids[i : i + length]) for i in range(0, len(ids) - length + 1, length)][:count]
+    if not windows:
+        raise EdgeqatError(f"evaluation dataset {dataset!r} has fewer than {length} tokens; give more held-out text")
+    return windows

@@ -7,19 +7,33 @@ quantization. Baseline vs PTQ vs QAT is therefore three runs of one command.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
-import tempfile
+import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, ensure_replaceable, write_record
+from edgeqat.artifacts import atomic_dir, ensure_replaceable, write_record, write_text_atomic
 from edgeqat.config import RunConfig, group_size_of, to_dict
+from edgeqat.errors import EdgeqatError
 from edgeqat.paths import DEFAULT_TRAIN_DATA
+from edgeqat.train.checkpointing import MarkCompleteCheckpoints, barrier, finish_progress, progress_dir, start_progress
 from edgeqat.train.data import load_text_dataset
-from edgeqat.train.model_loading import load_config_checked, load_model_and_tokenizer, model_skeleton, resolve_device
+from edgeqat.train.memory_estimate import GIB, check_fits
+from edgeqat.train.model_loading import (
+    is_main_process,
+    load_config_checked,
+    load_model_and_tokenizer,
+    model_skeleton,
+    resolve_device,
+    world_size,
+)
 from edgeqat.train.quantize import check_quantizable, count_fake_quantized, prepare_qat, strip_fake_quant
+from edgeqat.train.train_log import TRAIN_LOG, ThroughputLog, read_train_log
 
 log = logging.getLogger("edgeqat")
 STAGE = "train"
@@ -37,70 +51,142 @@ def _add_lora(model, rank: int, alpha: int):
     return get_peft_model(model, lora)
 
 
-def train(config: RunConfig, output_dir: str | Path) -> Path:
-    from trl import SFTConfig, SFTTrainer
+def _sft_config(config: RunConfig, output_dir: Path, device: torch.device, dtype: torch.dtype):
+    from trl import SFTConfig
+
+    tc = config.train
+    return SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=tc.max_steps,
+        per_device_train_batch_size=tc.batch_size,
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        learning_rate=tc.learning_rate,
+        lr_scheduler_type=tc.lr_scheduler,
+        warmup_steps=max(1, round(tc.max_steps * tc.warmup_ratio)) if tc.warmup_ratio else 0,
+        max_length=tc.max_length,
+        packing=tc.packing,
+        assistant_only_loss=tc.assistant_only_loss,
+        gradient_checkpointing=tc.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
+        seed=tc.seed,
+        data_seed=tc.seed,
+        logging_steps=tc.logging_steps or max(1, tc.max_steps // 20),
+        save_strategy="steps" if tc.save_steps else "no",
+        save_steps=tc.save_steps or 500,
+        save_total_limit=tc.save_total_limit,
+        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
+        include_num_input_tokens_seen="non_padding",
+        bf16=dtype == torch.bfloat16,
+        use_cpu=device.type == "cpu",
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+
+
+def _check_chat_data(dataset, tokenizer, model_name: str) -> None:
+    if "messages" in dataset.column_names and not tokenizer.chat_template:
+        raise EdgeqatError(
+            f"the dataset is chat data (a 'messages' column) but the tokenizer of {model_name!r} has no chat "
+            "template; use the model's instruct variant, or plain text rows"
+        )
+
+
+def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
+    """Fine-tunes into ``output_dir``; under torchrun/accelerate every rank calls it and rank 0 writes."""
+    from trl import SFTTrainer
 
     tc = config.train
     output_dir = Path(output_dir)
+    main = is_main_process()
     ensure_replaceable(output_dir, STAGE)  # before the work, not after it
     device = resolve_device(tc.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 training on CPU is slow and lossy
     torch.manual_seed(tc.seed)
-    # A wrong model, or a group size that does not fit it, fails here: before any data or weights load.
+    # A wrong model, a group size that does not fit it, or a model too big for the device fails here:
+    # before any data or weights load.
     _, model_config = load_config_checked(tc.model)
+    skeleton = model_skeleton(model_config)
     if tc.mode != "bf16":
-        check_quantizable(model_skeleton(model_config), config.quant, warn=lambda message: None)
+        check_quantizable(skeleton, config.quant, warn=lambda message: None)
+    estimate = check_fits(skeleton, dtype, device, bool(tc.lora_rank))
+    del skeleton
     dataset = load_text_dataset(tc.dataset, DEFAULT_TRAIN_DATA, tc.text_column)
-    model, tokenizer = load_model_and_tokenizer(tc.model, dtype, device)
 
+    progress = progress_dir(output_dir)
+    args = _sft_config(config, progress, device, dtype)  # also sets up the process group under torchrun
+    resume_from = start_progress(output_dir, stage_config(config), resume, main)
+    barrier()
+    model, tokenizer = load_model_and_tokenizer(tc.model, dtype, device)
+    _check_chat_data(dataset, tokenizer, tc.model)
     if tc.mode == "qat":
         prepare_qat(model, config.quant)
-        log.info("QAT: %d modules fake-quantized with %s", count_fake_quantized(model), config.quant.scheme)
+        if main:
+            log.info("QAT: %d modules fake-quantized with %s", count_fake_quantized(model), config.quant.scheme)
     if tc.lora_rank:
         model = _add_lora(model, tc.lora_rank, tc.lora_alpha)
 
-    with tempfile.TemporaryDirectory(prefix="edgeqat-trainer-") as scratch:
-        args = SFTConfig(
-            output_dir=scratch,
-            max_steps=tc.max_steps,
-            per_device_train_batch_size=tc.batch_size,
-            gradient_accumulation_steps=tc.gradient_accumulation_steps,
-            learning_rate=tc.learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=max(1, tc.max_steps // 20),
-            max_length=tc.max_length,
-            seed=tc.seed,
-            logging_steps=max(1, tc.max_steps // 20),
-            save_strategy="no",
-            report_to="none",
-            bf16=dtype == torch.bfloat16,
-            use_cpu=device.type == "cpu",
-            dataloader_num_workers=0,
+    log_file = progress / TRAIN_LOG
+    if resume_from is not None and main:
+        _truncate_log(log_file, int(resume_from.name.split("-")[1]))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[ThroughputLog(log_file, device), MarkCompleteCheckpoints()],
+    )
+    if main:
+        log.info(
+            "training %s (%s) on %d x %s, global batch %d x %d tokens, %d steps; memory floor %.1f GiB",
+            tc.model, tc.mode, world_size(), device.type, tc.batch_size * tc.gradient_accumulation_steps * world_size(),
+            tc.max_length, tc.max_steps, estimate / GIB,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        start = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - start
-    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    history = trainer.state.log_history
+    losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    tokens = trainer.state.num_input_tokens_seen
 
-    model = trainer.model
+    model = trainer.accelerator.unwrap_model(trainer.model)
     if tc.lora_rank:
         model = model.merge_and_unload()
     strip_fake_quant(model)
-    with atomic_dir(output_dir, STAGE) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_record(
-            tmp,
-            STAGE,
-            stage_config(config),
-            mode=tc.mode,
-            scheme=config.quant.scheme,
-            group_size=group_size_of(config.quant),
-            device=device.type,
-            train_seconds=round(seconds, 2),
-            train_loss=round(result.training_loss, 4),
-            loss_curve=losses,
-        )
-    log.info("trained %s (%s) in %.0f s, final loss %.3f -> %s", tc.model, tc.mode, seconds, result.training_loss, output_dir)
+    if main:
+        with atomic_dir(output_dir, STAGE) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if log_file.is_file():
+                shutil.copyfile(log_file, tmp / TRAIN_LOG)
+            if (progress / "runs").is_dir():  # TensorBoard's event files, when it is installed
+                shutil.copytree(progress / "runs", tmp / "tensorboard")
+            write_record(
+                tmp,
+                STAGE,
+                stage_config(config),
+                mode=tc.mode,
+                scheme=config.quant.scheme,
+                group_size=group_size_of(config.quant),
+                device=device.type,
+                gpus=world_size() if device.type == "cuda" else 0,
+                gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                resumed_from_step=int(resume_from.name.split("-")[1]) if resume_from else None,
+                train_seconds=round(seconds, 2),
+                tokens_seen=tokens,
+                tokens_per_s=round(tokens / seconds, 1) if seconds else None,
+                peak_gpu_memory_gib=round(peak / GIB, 3) if peak is not None else None,
+                final_loss=losses[-1][1] if losses else None,
+                loss_curve=losses,
+            )
+        finish_progress(output_dir)
+        log.info("trained %s (%s) in %.0f s, final loss %.3f -> %s", tc.model, tc.mode, seconds, losses[-1][1] if losses else float("nan"), output_dir)
+    barrier()  # the other ranks go on only once the artifact is in place
     return output_dir
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drops log lines of the steps after the checkpoint: they are about to be trained again."""
+    rows = [r for r in read_train_log(path) if r["step"] <= step]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

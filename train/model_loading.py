@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from edgeqat.errors import EdgeqatError
@@ -12,11 +14,22 @@ EXPORTABLE_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3
 
 
 def resolve_device(requested: str) -> torch.device:
+    """The device of this process; under torchrun/accelerate each process takes the GPU of its LOCAL_RANK."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise EdgeqatError("the config asks for device cuda, but no CUDA GPU is available; use device: auto or cpu")
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(requested)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", 0)) == 0
 
 
 def load_config_checked(name: str):

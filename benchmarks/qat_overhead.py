@@ -1,0 +1,135 @@
+"""What does QAT cost per training step? bf16 vs fake-quantized steps of one model, on one device, in one run.
+
+    python benchmarks/qat_overhead.py --preset qwen3-0.6b --batch 8 --seq-len 1024      # on a GPU
+    python benchmarks/qat_overhead.py --model default --device cpu --batch 2 --seq-len 64 --steps 2
+
+For full fine-tuning and LoRA (r16), times the plain bf16 step and the QAT step of each scheme (the same
+fake quantizers `edgeqat train` uses): forward, backward and AdamW on random tokens, after warm-up steps.
+Prints a table (seconds per step, tokens/s, ratio to bf16, peak memory) and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shaped_model import SHAPES, build_model  # noqa: E402
+
+from edgeqat.artifacts import versions, write_json_atomic  # noqa: E402
+from edgeqat.config import QuantConfig  # noqa: E402
+from edgeqat.train.finetune import _add_lora  # noqa: E402
+from edgeqat.train.quantize import prepare_qat  # noqa: E402
+
+GIB = 1024**3
+
+
+def _load(args, device: torch.device, dtype: torch.dtype):
+    if args.preset:
+        return build_model(args.preset, dtype, str(device))
+    from edgeqat.train.model_loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(args.model, dtype, device)[0]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None) -> dict:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = _load(args, device, dtype)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if scheme:
+        prepare_qat(model, QuantConfig(scheme=scheme))
+    if fine_tuning == "lora":
+        model = _add_lora(model, 16, 16)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    vocab = model.config.vocab_size
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    batch = torch.randint(0, vocab, (args.batch, args.seq_len), generator=generator).to(device)
+
+    def step():
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / args.steps
+    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    del model, optimizer, batch
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "fine_tuning": fine_tuning,
+        "run": scheme or "bf16",
+        "s_per_step": seconds,
+        "tokens_per_s": args.batch * args.seq_len / seconds,
+        "peak_gib": peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=sorted(SHAPES), help="a config-built model of this shape")
+    source.add_argument("--model", help="hub id or local folder ('default': the embedded model)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--fine-tuning", default="full,lora", help="full,lora")
+    parser.add_argument("--schemes", default="8da4w,4w")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--json", type=Path, default=Path("qat_overhead.json"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    rows = []
+    for fine_tuning in args.fine_tuning.split(","):
+        base = None
+        for scheme in [None, *args.schemes.split(",")]:
+            row = time_steps(args, device, fine_tuning, scheme)
+            base = base or row
+            row["ratio"] = row["s_per_step"] / base["s_per_step"]
+            row["extra_peak_gib"] = None if row["peak_gib"] is None else row["peak_gib"] - base["peak_gib"]
+            rows.append(row)
+            print(f"  {fine_tuning:5} {row['run']:6} {row['s_per_step']:.4f} s/step", file=sys.stderr, flush=True)
+
+    name = args.preset or args.model
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\n{name}, batch {args.batch} x {args.seq_len} tokens, AdamW, {args.steps} timed steps after {args.warmup}, "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, {gpu}\n")
+    print("| fine-tuning | run | s/step | tokens/s | × bf16 | peak GiB | + GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+        extra = "-" if r["extra_peak_gib"] is None else f"{r['extra_peak_gib']:+.1f}"
+        print(f"| {r['fine_tuning']} | {r['run']} | {r['s_per_step']:.3f} | {r['tokens_per_s']:,.0f} | "
+              f"{r['ratio']:.2f} | {peak} | {extra} |")
+    write_json_atomic(args.json, {"model": name, "device": gpu, "args": {k: str(v) for k, v in vars(args).items()},
+                                  "rows": rows, "versions": versions()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""A training killed with SIGKILL resumes from its last complete checkpoint and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeqat.artifacts import read_record
+from edgeqat.train.checkpointing import COMPLETE, progress_dir
+
+pytestmark = pytest.mark.e2e
+TRAIN = ["train", "--max-steps", "6", "--save-steps", "2", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
+
+
+def _train(output: Path, *extra: str, kill_after_checkpoint: int | None = None, delay: float = 0.0) -> int:
+    command = [sys.executable, "-m", "edgeqat", *TRAIN, "--output", str(output), *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    if kill_after_checkpoint is None:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        return 0
+    marker = progress_dir(output) / f"checkpoint-{kill_after_checkpoint}" / COMPLETE
+    deadline = time.monotonic() + 600
+    while not marker.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)  # somewhere in the steps after it, possibly in the middle of the next save
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process.returncode
+
+
+def _final_loss(output: Path) -> float:
+    return read_record(output)["final_loss"]
+
+
+def test_killed_training_resumes_to_the_same_final_loss(tmp_path: Path):
+    reference = tmp_path / "uninterrupted"
+    _train(reference)
+    expected = read_record(reference)
+
+    resumed = tmp_path / "killed"
+    rng = random.Random(0)
+    code = _train(resumed, kill_after_checkpoint=2, delay=rng.uniform(0.0, 0.6))
+    assert code == -signal.SIGKILL
+    assert not resumed.exists(), "a killed training must not leave a final checkpoint folder"
+    progress = progress_dir(resumed)
+    complete = sorted(p.name for p in progress.iterdir() if (p / COMPLETE).is_file())
+    assert complete, "at least the checkpoint it waited for is complete"
+
+    _train(resumed, "--resume")
+    record = read_record(resumed)
+    assert record["resumed_from_step"] >= 2
+    assert [s for s, _ in record["loss_curve"]] == [s for s, _ in expected["loss_curve"]]
+    assert _final_loss(resumed) == pytest.approx(_final_loss(reference), abs=1e-4)
+    assert not progress.exists(), "intermediate checkpoints are removed once the final one is in place"
+    rows = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
+    loss_steps = [r["step"] for r in rows if "loss" in r]
+    assert loss_steps == [s for s, _ in expected["loss_curve"]], "steps trained twice are logged once"
+    assert all("tokens_per_s" in r for r in rows if "loss" in r)
+
+
+def test_resume_refuses_a_run_started_with_another_config(tmp_path: Path):
+    output = tmp_path / "ckpt"
+    assert _train(output, kill_after_checkpoint=2) == -signal.SIGKILL
+    command = [sys.executable, "-m", "edgeqat", *TRAIN, "--output", str(output), "--resume", "--learning-rate", "0.001"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert "started with another config" in result.stderr and "learning_rate" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,139 @@
+"""The study's report: study.json (for machines), study.md and loss_curves.png (for people)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from edgeqat.artifacts import atomic_dir, versions, write_json_atomic, write_text_atomic
+from edgeqat.config import RunConfig, group_size_of, to_dict
+
+log = logging.getLogger("edgeqat")
+FORMAT, FORMAT_VERSION = "edgeqat-study", 1
+STUDY_JSON, STUDY_MD, LOSS_PLOT = "study.json", "study.md", "loss_curves.png"
+TRAINING_FIELDS = ("train_seconds", "tokens_per_s", "peak_gpu_memory_gib", "final_loss", "gpus", "gpu_name", "device")
+
+
+def recovery(baseline: float, ptq: float, qat: float) -> float | None:
+    """(PTQ - QAT) / (PTQ - baseline): the share of PTQ's loss that QAT wins back.
+
+    The same formula serves perplexity (lower is better) and accuracy (higher is better); None when PTQ
+    lost nothing to recover.
+    """
+    gap = ptq - baseline
+    return None if abs(gap) < 1e-12 else (ptq - qat) / gap
+
+
+def _lm_eval_recovery(evaluations: dict) -> dict[str, float | None]:
+    out = {}
+    for task, metrics in evaluations["bf16"].get("lm_eval", {}).items():
+        for metric, base in metrics.items():
+            try:
+                ptq, qat = evaluations["ptq"]["lm_eval"][task][metric], evaluations["qat"]["lm_eval"][task][metric]
+            except KeyError:
+                continue
+            out[f"{task}/{metric}"] = recovery(base, ptq, qat)
+    return out
+
+
+def build_report(config: RunConfig, evaluations: dict, training: dict, folders: dict) -> dict:
+    ppl = {arm: evaluations[arm]["held_out"]["perplexity"] for arm in evaluations}
+    arms = {}
+    for arm in ("bf16", "ptq", "qat"):
+        trained = training["qat" if arm == "qat" else "bf16"]  # PTQ is the bf16 fine-tune, quantized after training
+        arms[arm] = {
+            "folder": folders[arm],
+            "trained_as": trained["mode"],
+            **{k: trained.get(k) for k in TRAINING_FIELDS},
+            **evaluations[arm],
+        }
+    bf16_s, qat_s = training["bf16"].get("train_seconds"), training["qat"].get("train_seconds")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": config.train.model,
+        "dataset": config.train.dataset,
+        "eval_dataset": config.check.eval_dataset,
+        "scheme": config.quant.scheme,
+        "group_size": group_size_of(config.quant),
+        "fine_tuning": f"LoRA r{config.train.lora_rank}" if config.train.lora_rank else "full",
+        "arms": arms,
+        "recovery": {"perplexity": recovery(ppl["bf16"], ppl["ptq"], ppl["qat"]), "lm_eval": _lm_eval_recovery(evaluations)},
+        "qat_time_ratio": round(qat_s / bf16_s, 3) if bf16_s and qat_s else None,
+        "config": to_dict(config),
+        "versions": versions(),
+    }
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_markdown(report: dict) -> str:
+    arms = report["arms"]
+    tasks = sorted({f"{t}/{m}" for a in arms.values() for t, ms in a.get("lm_eval", {}).items() for m in ms})
+    base_ppl = arms["bf16"]["held_out"]["perplexity"]
+    header = ["run", "held-out ppl", "vs bf16", *tasks, "train time", "tokens/s", "peak GPU GiB", "final loss"]
+    rows = []
+    for arm, label in (("bf16", "bf16 fine-tune (baseline)"), ("ptq", "PTQ of the baseline"), ("qat", "QAT")):
+        a = arms[arm]
+        ppl = a["held_out"]["perplexity"]
+        scores = [_fmt(a.get("lm_eval", {}).get(t.split("/")[0], {}).get(t.split("/")[1]), ".4f") for t in tasks]
+        same_run = arm == "ptq"  # its training is the baseline's: don't count it twice
+        rows.append([
+            label, f"{ppl:.3f}", f"{(ppl / base_ppl - 1) * 100:+.2f} %", *scores,
+            "(baseline's)" if same_run else _fmt(a["train_seconds"], ".0f") + " s",
+            "" if same_run else _fmt(a["tokens_per_s"], ",.0f"),
+            "" if same_run else _fmt(a["peak_gpu_memory_gib"], ".1f"),
+            "" if same_run else _fmt(a["final_loss"], ".4f"),
+        ])
+    rec = report["recovery"]
+    lines = [
+        "# edgeqat study: baseline vs PTQ vs QAT",
+        "",
+        f"Model `{report['model']}`, dataset `{report['dataset']}`, {report['fine_tuning']} fine-tuning, scheme "
+        f"**{report['scheme']}** (group size {report['group_size']}); held-out text `{report['eval_dataset']}`, "
+        f"{arms['bf16']['held_out']['windows']} windows, {arms['bf16']['held_out']['tokens']} predicted tokens.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+        f"**QAT recovers {_fmt(None if rec['perplexity'] is None else rec['perplexity'] * 100, '.1f')} % of PTQ's "
+        "perplexity loss** ((PTQ − QAT) / (PTQ − baseline)).",
+    ]
+    for name, value in rec["lm_eval"].items():
+        lines.append(f"- {name}: recovery {_fmt(None if value is None else value * 100, '.1f')} %")
+    if report["qat_time_ratio"]:
+        lines += ["", f"QAT training took {report['qat_time_ratio']:.2f}× the baseline's time."]
+    lines += ["", f"![loss curves]({LOSS_PLOT})", ""]
+    return "\n".join(lines)
+
+
+def plot_loss_curves(training: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for mode, label in (("bf16", "bf16 fine-tune (baseline; PTQ starts from it)"), ("qat", "QAT")):
+        curve = training[mode].get("loss_curve") or []
+        if curve:
+            ax.plot([s for s, _ in curve], [l for _, l in curve], label=label, marker="." if len(curve) < 40 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(folder: Path, report: dict, training: dict) -> None:
+    with atomic_dir(folder, "study") as tmp:
+        plot_loss_curves(training, tmp / LOSS_PLOT)
+        write_text_atomic(tmp / STUDY_MD, render_markdown(report))
+        write_json_atomic(tmp / STUDY_JSON, report)  # last: its presence marks a complete study folder
+    log.info("study report: %s", folder / STUDY_MD)
