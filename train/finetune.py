@@ -33,7 +33,7 @@ from edgeqat.train.model_loading import (
     world_size,
 )
 from edgeqat.train.quantize import check_quantizable, count_fake_quantized, prepare_qat, strip_fake_quant
-from edgeqat.train.train_log import TRAIN_LOG, ThroughputLog, read_train_log
+from edgeqat.train.train_log import TRAIN_LOG, ThroughputLog, quiet_trainer_output, read_train_log, steady_state
 
 log = logging.getLogger("edgeqat")
 STAGE = "train"
@@ -65,6 +65,7 @@ def _sft_config(config: RunConfig, output_dir: Path, device: torch.device, dtype
         warmup_steps=max(1, round(tc.max_steps * tc.warmup_ratio)) if tc.warmup_ratio else 0,
         max_length=tc.max_length,
         packing=tc.packing,
+        packing_strategy="bfd" if tc.attn_implementation.startswith("flash") else "wrapped",
         assistant_only_loss=tc.assistant_only_loss,
         gradient_checkpointing=tc.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
@@ -114,10 +115,11 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     dataset = load_text_dataset(tc.dataset, DEFAULT_TRAIN_DATA, tc.text_column)
 
     progress = progress_dir(output_dir)
-    args = _sft_config(config, progress, device, dtype)  # also sets up the process group under torchrun
+    args = _sft_config(config, progress, device, dtype)
+    _ = args.device  # sets up the process group under torchrun/accelerate, so that barrier() below synchronizes
     resume_from = start_progress(output_dir, stage_config(config), resume, main)
     barrier()
-    model, tokenizer = load_model_and_tokenizer(tc.model, dtype, device)
+    model, tokenizer = load_model_and_tokenizer(tc.model, dtype, device, tc.attn_implementation)
     _check_chat_data(dataset, tokenizer, tc.model)
     if tc.mode == "qat":
         prepare_qat(model, config.quant)
@@ -136,6 +138,7 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
         processing_class=tokenizer,
         callbacks=[ThroughputLog(log_file, device), MarkCompleteCheckpoints()],
     )
+    quiet_trainer_output(trainer)
     if main:
         log.info(
             "training %s (%s) on %d x %s, global batch %d x %d tokens, %d steps; memory floor %.1f GiB",
@@ -149,6 +152,7 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     history = trainer.state.log_history
     losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
     tokens = trainer.state.num_input_tokens_seen
+    steady = steady_state(read_train_log(log_file))  # our callback's fields are in the log file, not log_history
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if tc.lora_rank:
@@ -175,7 +179,8 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
                 resumed_from_step=int(resume_from.name.split("-")[1]) if resume_from else None,
                 train_seconds=round(seconds, 2),
                 tokens_seen=tokens,
-                tokens_per_s=round(tokens / seconds, 1) if seconds else None,
+                tokens_per_s=steady["tokens_per_s"],  # steady state: start-up and the first interval left out
+                step_seconds=steady["step_seconds"],
                 peak_gpu_memory_gib=round(peak / GIB, 3) if peak is not None else None,
                 final_loss=losses[-1][1] if losses else None,
                 loss_curve=losses,

@@ -56,14 +56,14 @@ def model_skeleton(config) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def load_model_and_tokenizer(name: str, dtype: torch.dtype, device: torch.device | str = "cpu"):
+def load_model_and_tokenizer(name: str, dtype: torch.dtype, device: torch.device | str = "cpu", attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, _ = load_config_checked(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    except (OSError, ValueError) as e:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation)
+    except (OSError, ValueError, ImportError) as e:  # ImportError: a flash-attention kernel that is not installed
         raise EdgeqatError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -64,7 +64,11 @@ def _load_for_eval(arm: str, folder: Path, device: torch.device):
         tokenizer = AutoTokenizer.from_pretrained(folder)
     else:
         model, tokenizer, _ = load_converted(folder)
-    return model.to(device).eval(), tokenizer
+    try:
+        return model.to(device).eval(), tokenizer, device
+    except (NotImplementedError, RuntimeError) as e:  # a torchao tensor type without this device's kernels
+        log.warning("evaluating %s on the CPU: its quantized tensors cannot move to %s (%s)", folder, device, e)
+        return model.to("cpu").eval(), tokenizer, torch.device("cpu")
 
 
 def evaluate_arm(arm: str, folder: Path, config: RunConfig, device: torch.device, cache_dir: Path) -> dict:
@@ -78,9 +82,9 @@ def evaluate_arm(arm: str, folder: Path, config: RunConfig, device: torch.device
             log.info("[eval %s] up to date: %s", arm, cache)
             return cached["results"]
     log.info("[eval %s] %s on %s", arm, folder, device)
-    model, tokenizer = _load_for_eval(arm, folder, device)
+    model, tokenizer, device = _load_for_eval(arm, folder, device)
     windows = token_windows(tokenizer, config.check.eval_dataset, DEFAULT_EVAL_DATA, config.study.eval_windows, config.train.max_length)
-    results = {"held_out": {"windows": len(windows), **perplexity(model, windows, device)}}
+    results = {"device": device.type, "held_out": {"windows": len(windows), **perplexity(model, windows, device)}}
     if config.study.lm_eval_tasks:
         results["lm_eval"] = lm_eval_scores(
             model, tokenizer, config.study.lm_eval_tasks, config.study.lm_eval_limit, config.study.lm_eval_batch_size

@@ -11,7 +11,7 @@ from edgeqat.config import RunConfig, group_size_of, to_dict
 log = logging.getLogger("edgeqat")
 FORMAT, FORMAT_VERSION = "edgeqat-study", 1
 STUDY_JSON, STUDY_MD, LOSS_PLOT = "study.json", "study.md", "loss_curves.png"
-TRAINING_FIELDS = ("train_seconds", "tokens_per_s", "peak_gpu_memory_gib", "final_loss", "gpus", "gpu_name", "device")
+TRAINING_FIELDS = ("train_seconds", "step_seconds", "tokens_per_s", "peak_gpu_memory_gib", "final_loss", "gpus", "gpu_name", "device")
 
 
 def recovery(baseline: float, ptq: float, qat: float) -> float | None:
@@ -47,7 +47,7 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
             **{k: trained.get(k) for k in TRAINING_FIELDS},
             **evaluations[arm],
         }
-    bf16_s, qat_s = training["bf16"].get("train_seconds"), training["qat"].get("train_seconds")
+    bf16_s, qat_s = training["bf16"].get("step_seconds"), training["qat"].get("step_seconds")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -59,7 +59,7 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
         "fine_tuning": f"LoRA r{config.train.lora_rank}" if config.train.lora_rank else "full",
         "arms": arms,
         "recovery": {"perplexity": recovery(ppl["bf16"], ppl["ptq"], ppl["qat"]), "lm_eval": _lm_eval_recovery(evaluations)},
-        "qat_time_ratio": round(qat_s / bf16_s, 3) if bf16_s and qat_s else None,
+        "qat_step_time_ratio": round(qat_s / bf16_s, 3) if bf16_s and qat_s else None,
         "config": to_dict(config),
         "versions": versions(),
     }
@@ -73,7 +73,7 @@ def render_markdown(report: dict) -> str:
     arms = report["arms"]
     tasks = sorted({f"{t}/{m}" for a in arms.values() for t, ms in a.get("lm_eval", {}).items() for m in ms})
     base_ppl = arms["bf16"]["held_out"]["perplexity"]
-    header = ["run", "held-out ppl", "vs bf16", *tasks, "train time", "tokens/s", "peak GPU GiB", "final loss"]
+    header = ["run", "held-out ppl", "vs bf16", *tasks, "train time", "s/step", "tokens/s", "peak GPU GiB", "final loss"]
     rows = []
     for arm, label in (("bf16", "bf16 fine-tune (baseline)"), ("ptq", "PTQ of the baseline"), ("qat", "QAT")):
         a = arms[arm]
@@ -83,6 +83,7 @@ def render_markdown(report: dict) -> str:
         rows.append([
             label, f"{ppl:.3f}", f"{(ppl / base_ppl - 1) * 100:+.2f} %", *scores,
             "(baseline's)" if same_run else _fmt(a["train_seconds"], ".0f") + " s",
+            "" if same_run else _fmt(a["step_seconds"], ".3f"),
             "" if same_run else _fmt(a["tokens_per_s"], ",.0f"),
             "" if same_run else _fmt(a["peak_gpu_memory_gib"], ".1f"),
             "" if same_run else _fmt(a["final_loss"], ".4f"),
@@ -104,8 +105,9 @@ def render_markdown(report: dict) -> str:
     ]
     for name, value in rec["lm_eval"].items():
         lines.append(f"- {name}: recovery {_fmt(None if value is None else value * 100, '.1f')} %")
-    if report["qat_time_ratio"]:
-        lines += ["", f"QAT training took {report['qat_time_ratio']:.2f}× the baseline's time."]
+    if report["qat_step_time_ratio"]:
+        lines += ["", f"A QAT step took {report['qat_step_time_ratio']:.2f}× a baseline step (median after the "
+                  "first logging interval; s/step and tokens/s are steady-state, train time is wall time)."]
     lines += ["", f"![loss curves]({LOSS_PLOT})", ""]
     return "\n".join(lines)
 
