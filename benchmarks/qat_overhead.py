@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -75,10 +74,6 @@ def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None)
     _sync(device)
     seconds = (time.perf_counter() - start) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-    del model, optimizer, batch
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {
         "fine_tuning": fine_tuning,
         "run": scheme or "bf16",
@@ -110,6 +105,9 @@ def main() -> None:
         base = None
         for scheme in [None, *args.schemes.split(",")]:
             row = time_steps(args, device, fine_tuning, scheme)
+            gc.collect()  # the model and optimizer of that run go before the next one is built
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             base = base or row
             row["ratio"] = row["s_per_step"] / base["s_per_step"]
             row["extra_peak_gib"] = None if row["peak_gib"] is None else row["peak_gib"] - base["peak_gib"]

@@ -21,7 +21,18 @@ log = logging.getLogger("edgeqat")
 
 
 def _quiet_libraries(debug: bool) -> None:
-    """torch/torchao/transformers warn loudly about things a user cannot act on; keep them for --debug."""
+    """torch/torchao/transformers warn loudly about things a user cannot act on; keep them for --debug.
+
+    Without a terminal (pipelines, CI logs) the libraries' progress bars are off too: edgeqat logs progress
+    as lines of its own.
+    """
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
     if debug:
         return
     warnings.filterwarnings("ignore")

@@ -190,3 +190,48 @@ def test_output_folder_holding_something_else_is_refused_before_any_work(capsys,
     line = run_cli(capsys, "train", "--output", "mine", "--max-steps", "1")
     assert "mine" in line and "not an edgeqat train output" in line
     assert (isolated / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_model_too_big_for_the_machine_fails_before_loading_with_the_estimate(capsys, isolated):
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=128256).save_pretrained("llama-70b-shaped")  # config only: no weights
+    line = run_cli(capsys, "train", "--model", "./llama-70b-shaped", "--output", "ckpt")
+    assert "70.55 B parameters" in line and "GiB" in line and "--lora-rank" in line
+    assert not (isolated / "ckpt").exists() and not (isolated / "ckpt.progress").exists()
+
+
+def test_chat_data_for_a_tokenizer_without_a_chat_template(capsys, isolated):
+    import shutil
+
+    from edgeqat.paths import DEFAULT_MODEL
+
+    shutil.copytree(DEFAULT_MODEL, "model")
+    (isolated / "model" / "chat_template.jinja").unlink()
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 3
+    (isolated / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = run_cli(capsys, "train", "--model", "./model", "--dataset", "chat.jsonl", "--output", "ckpt")
+    assert "chat data" in line and "no chat template" in line
+    assert not (isolated / "ckpt").exists() and not (isolated / "ckpt.progress").exists()
+
+
+def test_study_naming_lm_eval_tasks_without_the_harness(capsys, isolated, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    line = run_cli(capsys, "study", "--lm-eval-tasks", "hellaswag,arc_easy", "--output", "out")
+    assert "lm-eval is not installed" in line and "hellaswag" in line
+    assert not (isolated / "out").exists()
+
+
+def test_unknown_lr_scheduler_suggests_the_close_one(capsys, isolated):
+    line = run_cli(capsys, "train", "--lr-scheduler", "cosin", "--output", "ckpt")
+    assert "unknown train.lr_scheduler 'cosin'" in line and "did you mean 'cosine'" in line
+
+
+def test_resume_with_nothing_kept_but_one_checkpoint_is_refused(capsys, isolated):
+    (isolated / "c.yaml").write_text("train:\n  save_total_limit: 1\n")
+    line = run_cli(capsys, "train", "--config", "c.yaml", "--output", "ckpt")
+    assert "save_total_limit must be at least 2" in line

@@ -106,6 +106,13 @@ class MarkCompleteCheckpoints(TrainerCallback):
         return control
 
 
+def drop_progress_without_checkpoints(output_dir: Path) -> None:
+    """After a failure: a progress folder with no checkpoint holds nothing to resume, so it goes."""
+    progress = progress_dir(output_dir)
+    if progress.is_dir() and not _checkpoints(progress):
+        shutil.rmtree(progress, ignore_errors=True)
+
+
 def finish_progress(output_dir: Path) -> None:
     """The final artifact is in place: the intermediate checkpoints are no longer needed."""
     shutil.rmtree(progress_dir(output_dir), ignore_errors=True)

@@ -21,13 +21,21 @@ from edgeqat.artifacts import atomic_dir, ensure_replaceable, write_record, writ
 from edgeqat.config import RunConfig, group_size_of, to_dict
 from edgeqat.errors import EdgeqatError
 from edgeqat.paths import DEFAULT_TRAIN_DATA
-from edgeqat.train.checkpointing import MarkCompleteCheckpoints, barrier, finish_progress, progress_dir, start_progress
+from edgeqat.train.checkpointing import (
+    MarkCompleteCheckpoints,
+    barrier,
+    drop_progress_without_checkpoints,
+    finish_progress,
+    progress_dir,
+    start_progress,
+)
 from edgeqat.train.data import load_text_dataset
 from edgeqat.train.memory_estimate import GIB, check_fits
 from edgeqat.train.model_loading import (
     is_main_process,
     load_config_checked,
-    load_model_and_tokenizer,
+    load_model,
+    load_tokenizer,
     model_skeleton,
     resolve_device,
     world_size,
@@ -95,8 +103,6 @@ def _check_chat_data(dataset, tokenizer, model_name: str) -> None:
 
 def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
     """Fine-tunes into ``output_dir``; under torchrun/accelerate every rank calls it and rank 0 writes."""
-    from trl import SFTTrainer
-
     tc = config.train
     output_dir = Path(output_dir)
     main = is_main_process()
@@ -113,14 +119,29 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     estimate = check_fits(skeleton, dtype, device, bool(tc.lora_rank))
     del skeleton
     dataset = load_text_dataset(tc.dataset, DEFAULT_TRAIN_DATA, tc.text_column)
+    tokenizer = load_tokenizer(tc.model)
+    _check_chat_data(dataset, tokenizer, tc.model)
 
     progress = progress_dir(output_dir)
     args = _sft_config(config, progress, device, dtype)
     _ = args.device  # sets up the process group under torchrun/accelerate, so that barrier() below synchronizes
     resume_from = start_progress(output_dir, stage_config(config), resume, main)
     barrier()
-    model, tokenizer = load_model_and_tokenizer(tc.model, dtype, device, tc.attn_implementation)
-    _check_chat_data(dataset, tokenizer, tc.model)
+    try:
+        return _train(config, output_dir, args, dataset, tokenizer, device, dtype, resume_from, estimate)
+    except BaseException:
+        if main:
+            drop_progress_without_checkpoints(output_dir)  # keep what --resume can use, nothing else
+        raise
+
+
+def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, device, dtype, resume_from, estimate) -> Path:
+    from trl import SFTTrainer
+
+    tc = config.train
+    main = is_main_process()
+    progress = progress_dir(output_dir)
+    model = load_model(tc.model, dtype, device, tc.attn_implementation)
     if tc.mode == "qat":
         prepare_qat(model, config.quant)
         if main:

@@ -56,15 +56,29 @@ def model_skeleton(config) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def load_model_and_tokenizer(name: str, dtype: torch.dtype, device: torch.device | str = "cpu", attn_implementation: str | None = None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
 
     source, _ = load_config_checked(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise EdgeqatError(f"cannot load the tokenizer of {name!r}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, dtype: torch.dtype, device: torch.device | str = "cpu", attn_implementation: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    source, _ = load_config_checked(name)
+    try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation)
     except (OSError, ValueError, ImportError) as e:  # ImportError: a flash-attention kernel that is not installed
         raise EdgeqatError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer
+    return model.to(device)
+
+
+def load_model_and_tokenizer(name: str, dtype: torch.dtype, device: torch.device | str = "cpu", attn_implementation: str | None = None):
+    return load_model(name, dtype, device, attn_implementation), load_tokenizer(name)

@@ -1,0 +1,42 @@
+"""End-to-end: `edgeqat study` on the embedded model trains both arms, quantizes, evaluates and reports; a rerun reuses it all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeqat.artifacts import read_record
+from edgeqat.cli import main
+
+pytestmark = pytest.mark.e2e
+FAST = ["--max-steps", "4", "--max-length", "64"]
+
+
+def test_study_trains_quantizes_evaluates_and_reports(tmp_path: Path, capsys):
+    out = tmp_path / "study-out"
+    assert main(["study", "--output", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# edgeqat study") and "QAT recovers" in printed  # stdout is the report alone
+
+    report = json.loads((out / "study" / "study.json").read_text())
+    assert report["format"] == "edgeqat-study" and set(report["arms"]) == {"bf16", "ptq", "qat"}
+    ppl = {arm: a["held_out"]["perplexity"] for arm, a in report["arms"].items()}
+    assert all(1 < p < 1000 for p in ppl.values())
+    assert ppl["ptq"] != ppl["bf16"], "PTQ must change the model"
+    expected = (ppl["ptq"] - ppl["qat"]) / (ppl["ptq"] - ppl["bf16"])
+    assert report["recovery"]["perplexity"] == pytest.approx(expected)
+    assert (out / "study" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    bf16, qat = read_record(out / "bf16-checkpoint"), read_record(out / "qat-checkpoint")
+    assert bf16["mode"] == "bf16" and qat["mode"] == "qat"
+    assert bf16["config"]["quant"] == qat["config"]["quant"]
+    assert {**bf16["config"]["train"], "mode": "-"} == {**qat["config"]["train"], "mode": "-"}  # only the mode differs
+    assert len(bf16["loss_curve"]) == 4 and bf16["tokens_seen"] > 0
+    ptq = read_record(out / "ptq-converted")
+    assert ptq["mode"] == "ptq" and ptq["quantized"] and ptq["config"]["checkpoint"] == bf16["files"]
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "study" not in p.parts}
+    assert main(["study", "--output", str(out), *FAST]) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a rerun reuses every valid artifact"
