@@ -60,6 +60,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", dest="train.model", help="hub id or local folder (default: the embedded model)")
     g.add_argument("--dataset", dest="train.dataset", help="hub id or local .jsonl/.parquet/.txt (default: embedded)")
     g.add_argument("--text-column", dest="train.text_column")
+    g.add_argument("--dataset-split", dest="train.dataset_split", help="split of a hub dataset (default: train)")
     g.add_argument("--mode", dest="train.mode", choices=["qat", "bf16", "ptq"])
     g.add_argument("--lora-rank", dest="train.lora_rank", type=int, help="0 = full fine-tuning")
     g.add_argument("--max-steps", dest="train.max_steps", type=int)

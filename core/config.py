@@ -35,6 +35,7 @@ class TrainConfig:
     model: str = DEFAULT  # hub id, local folder, or "default"
     dataset: str = DEFAULT  # hub id, local .jsonl/.json/.parquet/.txt file or folder, or "default"
     text_column: str = "text"
+    dataset_split: str = "train"  # of a hub dataset or dataset folder, e.g. train_sft
     mode: str = "qat"  # qat | bf16 (plain fine-tune) | ptq (plain fine-tune, then post-training quantization)
     lora_rank: int = 0  # 0: full fine-tuning
     lora_alpha: int = 16

@@ -43,8 +43,11 @@ def _is_empty(path: Path) -> bool:
     return path.stat().st_size == 0
 
 
-def load_text_dataset(name: str, default: Path, text_column: str = "text"):
-    """Returns a `datasets.Dataset` with a ``text`` or a ``messages`` column and at least one row."""
+def load_text_dataset(name: str, default: Path, text_column: str = "text", split: str = "train"):
+    """Returns a `datasets.Dataset` with a ``text`` or a ``messages`` column and at least one row.
+
+    ``split`` applies to hub datasets and dataset folders (e.g. ``train_sft``); a single file is one split.
+    """
     import datasets
 
     source = resolve_source(name, default, "dataset")
@@ -58,9 +61,9 @@ def load_text_dataset(name: str, default: Path, text_column: str = "text"):
                 raise EdgeqatError(f"dataset {name!r} has no usable rows ({path} is empty)")
             data = datasets.load_dataset(kind, data_files=str(path), split="train")
         elif path.is_dir():
-            data = datasets.load_dataset(str(path), split="train")
+            data = datasets.load_dataset(str(path), split=split)
         else:
-            data = datasets.load_dataset(source, split="train")
+            data = datasets.load_dataset(source, split=split)
     except EdgeqatError:
         raise
     except Exception as e:  # datasets raises many types; the user needs the first line of any of them

@@ -118,7 +118,7 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
         check_quantizable(skeleton, config.quant, warn=lambda message: None)
     estimate = check_fits(skeleton, dtype, device, bool(tc.lora_rank))
     del skeleton
-    dataset = load_text_dataset(tc.dataset, DEFAULT_TRAIN_DATA, tc.text_column)
+    dataset = load_text_dataset(tc.dataset, DEFAULT_TRAIN_DATA, tc.text_column, tc.dataset_split)
     tokenizer = load_tokenizer(tc.model)
     _check_chat_data(dataset, tokenizer, tc.model)
 

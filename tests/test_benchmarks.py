@@ -1,0 +1,35 @@
+"""The benchmark scripts run (one tiny step on CPU) and write the JSON they promise; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_qat_overhead_runs_and_writes_its_table(tmp_path: Path):
+    out = tmp_path / "qat_overhead.json"
+    command = [sys.executable, str(BENCHMARKS / "qat_overhead.py"), "--model", "default", "--device", "cpu",
+               "--batch", "1", "--seq-len", "32", "--steps", "1", "--warmup", "0", "--fine-tuning", "full,lora",
+               "--schemes", "8da4w", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "| full | 8da4w |" in result.stdout and "| lora | bf16 |" in result.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["fine_tuning"], r["run"]) for r in rows] == [("full", "bf16"), ("full", "8da4w"), ("lora", "bf16"), ("lora", "8da4w")]
+    assert all(r["s_per_step"] > 0 for r in rows)
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == rows[1]["s_per_step"] / rows[0]["s_per_step"]
+
+
+def test_shaped_model_configs_have_the_published_sizes():
+    sys.path.insert(0, str(BENCHMARKS))
+    from shaped_model import shaped_config
+
+    from edgeqat.train.memory_estimate import parameter_count
+    from edgeqat.train.model_loading import model_skeleton
+
+    assert round(parameter_count(model_skeleton(shaped_config("qwen3-0.6b"))) / 1e6) == 596
+    assert round(parameter_count(model_skeleton(shaped_config("gemma3-270m"))) / 1e6) == 268
