@@ -89,6 +89,7 @@ class CheckConfig:
 class StudyConfig:
     eval_windows: int = 64  # held-out windows of train.max_length tokens for perplexity (check.eval_dataset)
     lm_eval_tasks: list[str] = field(default_factory=list)  # lm-eval harness tasks (needs `pip install lm-eval`)
+    lm_eval_include_path: str = ""  # a folder of your own lm-eval task YAML files (offline or custom tasks)
     lm_eval_limit: int = 0  # 0: every example of each task
     lm_eval_batch_size: int = 8
 

@@ -235,3 +235,10 @@ def test_resume_with_nothing_kept_but_one_checkpoint_is_refused(capsys, isolated
     (isolated / "c.yaml").write_text("train:\n  save_total_limit: 1\n")
     line = run_cli(capsys, "train", "--config", "c.yaml", "--output", "ckpt")
     assert "save_total_limit must be at least 2" in line
+
+
+def test_study_with_an_lm_eval_include_path_that_is_not_a_folder(capsys, isolated):
+    (isolated / "c.yaml").write_text("study:\n  lm_eval_tasks: [mytask]\n  lm_eval_include_path: no-such-folder\n")
+    line = run_cli(capsys, "study", "c.yaml", "--output", "out")
+    assert "lm_eval_include_path no-such-folder is not a folder" in line
+    assert not (isolated / "out").exists()

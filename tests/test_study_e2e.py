@@ -16,7 +16,7 @@ FAST = ["--max-steps", "4", "--max-length", "64"]
 
 def test_study_trains_quantizes_evaluates_and_reports(tmp_path: Path, capsys):
     out = tmp_path / "study-out"
-    assert main(["study", "--output", str(out), *FAST]) == 0
+    assert main(["study", "--output", str(out), *FAST, "--lm-eval-tasks", "edgeqat_proverbs_mc"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("# edgeqat study") and "QAT recovers" in printed  # stdout is the report alone
 
@@ -27,6 +27,10 @@ def test_study_trains_quantizes_evaluates_and_reports(tmp_path: Path, capsys):
     assert ppl["ptq"] != ppl["bf16"], "PTQ must change the model"
     expected = (ppl["ptq"] - ppl["qat"]) / (ppl["ptq"] - ppl["bf16"])
     assert report["recovery"]["perplexity"] == pytest.approx(expected)
+    # accuracy through lm-eval's harness on the embedded multiple-choice task (60 items, 4 choices)
+    accuracy = {arm: a["lm_eval"]["edgeqat_proverbs_mc"]["acc"] for arm, a in report["arms"].items()}
+    assert all(0.0 <= acc <= 1.0 and (acc * 60) == pytest.approx(round(acc * 60)) for acc in accuracy.values())
+    assert "edgeqat_proverbs_mc/acc" in report["recovery"]["lm_eval"]
     assert (out / "study" / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     bf16, qat = read_record(out / "bf16-checkpoint"), read_record(out / "qat-checkpoint")
@@ -38,5 +42,5 @@ def test_study_trains_quantizes_evaluates_and_reports(tmp_path: Path, capsys):
     assert ptq["mode"] == "ptq" and ptq["quantized"] and ptq["config"]["checkpoint"] == bf16["files"]
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "study" not in p.parts}
-    assert main(["study", "--output", str(out), *FAST]) == 0
+    assert main(["study", "--output", str(out), *FAST, "--lm-eval-tasks", "edgeqat_proverbs_mc"]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a rerun reuses every valid artifact"

@@ -185,9 +185,31 @@ def package(out: Path) -> None:
         shutil.copy(out / name, ASSETS / "data" / name)
 
 
+def build_multiple_choice(heldout: Path, dest: Path, count: int = 60, seed: int = 0) -> None:
+    """An lm-eval multiple-choice task from held-out Proverbs: the first half of a verse, which second half?
+
+    The right ending and three endings of other held-out verses; the model picks by log-likelihood.
+    """
+    import random
+
+    rows = [json.loads(line)["text"] for line in heldout.read_text().splitlines() if line.strip()]
+    verses = [v.strip() for r in rows for v in re.split(r"(?<=[.;:?!])\s+", r) if len(v.split()) >= 8]
+    endings = [" " + " ".join(v.split()[len(v.split()) // 2 :]) for v in verses]
+    rng = random.Random(seed)
+    items = []
+    for i, verse in enumerate(verses[:count]):
+        words = verse.split()
+        choices = [endings[i], *rng.sample(endings[:i] + endings[i + 1 :], 3)]
+        rng.shuffle(choices)
+        items.append({"context": " ".join(words[: len(words) // 2]), "choices": choices, "label": choices.index(endings[i])})
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(json.dumps(item) + "\n" for item in items))
+    print(f"{len(items)} multiple-choice items -> {dest}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["corpus", "tokenizer", "pretrain", "package"])
+    parser.add_argument("step", choices=["corpus", "tokenizer", "pretrain", "package", "lm-eval-task"])
     parser.add_argument("--out", type=Path, default=Path(".corpus"))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=64)
@@ -200,8 +222,11 @@ def main() -> None:
         train_tokenizer(args.out)
     elif args.step == "pretrain":
         pretrain(args.out, args.steps, args.batch, args.seq_len, args.lr)
+    elif args.step == "lm-eval-task":
+        build_multiple_choice(ASSETS / "data" / "heldout.jsonl", ASSETS / "lm_eval" / "proverbs_mc.jsonl")
     else:
         package(args.out)
+        build_multiple_choice(ASSETS / "data" / "heldout.jsonl", ASSETS / "lm_eval" / "proverbs_mc.jsonl")
 
 
 if __name__ == "__main__":

@@ -86,8 +86,9 @@ def evaluate_arm(arm: str, folder: Path, config: RunConfig, device: torch.device
     windows = token_windows(tokenizer, config.check.eval_dataset, DEFAULT_EVAL_DATA, config.study.eval_windows, config.train.max_length)
     results = {"device": device.type, "held_out": {"windows": len(windows), **perplexity(model, windows, device)}}
     if config.study.lm_eval_tasks:
+        s = config.study
         results["lm_eval"] = lm_eval_scores(
-            model, tokenizer, config.study.lm_eval_tasks, config.study.lm_eval_limit, config.study.lm_eval_batch_size
+            model, tokenizer, s.lm_eval_tasks, s.lm_eval_limit, s.lm_eval_batch_size, s.lm_eval_include_path
         )
     del model
     if device.type == "cuda":
@@ -106,7 +107,7 @@ def read_record_json(path: Path) -> dict:
 
 def study(config: RunConfig, resume: bool = False) -> dict:
     """Runs (or resumes) the study into ``config.output_dir``; returns the study report (rank 0; {} elsewhere)."""
-    require_lm_eval(config.study.lm_eval_tasks)
+    require_lm_eval(config.study.lm_eval_tasks, config.study.lm_eval_include_path)
     dirs = study_dirs(Path(config.output_dir))
     for mode in ("bf16", "qat"):
         arm_config, folder = with_mode(config, mode), dirs[f"{mode}-checkpoint"]

@@ -66,7 +66,7 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
 
 
 def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    return "-" if value is None else format(value + 0.0 if isinstance(value, float) else value, spec)  # no "-0.0"
 
 
 def render_markdown(report: dict) -> str:
