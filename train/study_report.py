@@ -104,7 +104,8 @@ def render_markdown(report: dict) -> str:
         "perplexity loss** ((PTQ − QAT) / (PTQ − baseline)).",
     ]
     for name, value in rec["lm_eval"].items():
-        lines.append(f"- {name}: recovery {_fmt(None if value is None else value * 100, '.1f')} %")
+        lines.append(f"- {name}: " + ("no recovery to measure: PTQ did not change it" if value is None
+                                       else f"recovery {value * 100 + 0.0:.1f} %"))
     if report["qat_step_time_ratio"]:
         lines += ["", f"A QAT step took {report['qat_step_time_ratio']:.2f}× a baseline step (median after the "
                   "first logging interval; s/step and tokens/s are steady-state, train time is wall time)."]
