@@ -31,6 +31,10 @@ def progress_dir(output_dir: Path) -> Path:
     return output_dir.with_name(output_dir.name + ".progress")
 
 
+def checkpoint_step(folder: Path) -> int:
+    return int(_CHECKPOINT.match(folder.name).group(1))
+
+
 def _checkpoints(progress: Path) -> list[tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in progress.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
     return sorted(found)

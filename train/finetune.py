@@ -24,6 +24,7 @@ from edgeqat.paths import DEFAULT_TRAIN_DATA
 from edgeqat.train.checkpointing import (
     MarkCompleteCheckpoints,
     barrier,
+    checkpoint_step,
     drop_progress_without_checkpoints,
     finish_progress,
     progress_dir,
@@ -128,14 +129,16 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     resume_from = start_progress(output_dir, stage_config(config), resume, main)
     barrier()
     try:
-        return _train(config, output_dir, args, dataset, tokenizer, device, dtype, resume_from, estimate)
+        return _train(config, output_dir, args, dataset, tokenizer, device=device, dtype=dtype,
+                      resume_from=resume_from, memory_floor=estimate)
     except BaseException:
         if main:
             drop_progress_without_checkpoints(output_dir)  # keep what --resume can use, nothing else
         raise
 
 
-def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, device, dtype, resume_from, estimate) -> Path:
+def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, device, dtype, resume_from, memory_floor) -> Path:
+    """The training itself, once every input has been checked and the progress folder is ready."""
     from trl import SFTTrainer
 
     tc = config.train
@@ -151,7 +154,7 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, device
 
     log_file = progress / TRAIN_LOG
     if resume_from is not None and main:
-        _truncate_log(log_file, int(resume_from.name.split("-")[1]))
+        _truncate_log(log_file, checkpoint_step(resume_from))
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -164,7 +167,7 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, device
         log.info(
             "training %s (%s) on %d x %s, global batch %d x %d tokens, %d steps; memory floor %.1f GiB",
             tc.model, tc.mode, world_size(), device.type, tc.batch_size * tc.gradient_accumulation_steps * world_size(),
-            tc.max_length, tc.max_steps, estimate / GIB,
+            tc.max_length, tc.max_steps, memory_floor / GIB,
         )
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -197,7 +200,7 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, device
                 device=device.type,
                 gpus=world_size() if device.type == "cuda" else 0,
                 gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                resumed_from_step=int(resume_from.name.split("-")[1]) if resume_from else None,
+                resumed_from_step=checkpoint_step(resume_from) if resume_from else None,
                 train_seconds=round(seconds, 2),
                 tokens_seen=tokens,
                 tokens_per_s=steady["tokens_per_s"],  # steady state: start-up and the first interval left out

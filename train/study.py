@@ -77,7 +77,7 @@ def evaluate_arm(arm: str, folder: Path, config: RunConfig, device: torch.device
     key = _evaluation_key(record, config)
     cache = cache_dir / f"{arm}.json"
     if cache.is_file():
-        cached = read_record_json(cache)
+        cached = _read_cached(cache)
         if cached.get("key") == key:
             log.info("[eval %s] up to date: %s", arm, cache)
             return cached["results"]
@@ -98,7 +98,7 @@ def evaluate_arm(arm: str, folder: Path, config: RunConfig, device: torch.device
     return results
 
 
-def read_record_json(path: Path) -> dict:
+def _read_cached(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
