@@ -38,3 +38,17 @@ def test_packing_fills_every_sequence(tmp_path: Path):
     assert main(["train", "--output", str(out), "--packing", "--mode", "bf16", *SHORT]) == 0
     record = read_record(out)
     assert record["tokens_seen"] == 2 * 2 * 64  # steps x batch x max_length: packed rows have no padding
+
+
+def test_throughput_reaches_the_log_file_and_tensorboard(tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "ckpt"
+    assert main(["train", "--output", str(out), *SHORT]) == 0
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and all(r["tokens_per_s"] > 0 for r in rows if "loss" in r)
+    (run,) = (out / "tensorboard").iterdir()
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/tokens_per_s")] == [1, 2]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]

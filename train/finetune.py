@@ -155,14 +155,17 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
     log_file = progress / TRAIN_LOG
     if resume_from is not None and main:
         _truncate_log(log_file, checkpoint_step(resume_from))
+    throughput = ThroughputLog(log_file, device)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[ThroughputLog(log_file, device), MarkCompleteCheckpoints()],
+        callbacks=[throughput, MarkCompleteCheckpoints()],
     )
     quiet_trainer_output(trainer)
+    callbacks = trainer.callback_handler.callbacks  # first, so TensorBoard sees the fields it adds
+    callbacks.insert(0, callbacks.pop(callbacks.index(throughput)))
     if main:
         log.info(
             "training %s (%s) on %d x %s, global batch %d x %d tokens, %d steps; memory floor %.1f GiB",
