@@ -8,6 +8,9 @@ folder holds ``edgeqat.json``: the stage, the versions, the config, and the sha2
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
@@ -59,9 +62,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(e, path) from None
         raise
 
 
@@ -73,9 +78,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(e, path) from None
         raise
 
 
@@ -105,25 +112,67 @@ def ensure_replaceable(dest: Path, stage: str) -> None:
     )
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    rename_exchange, at_fdcwd = 2, -100
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a filesystem or kernel without the exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _remove_leftovers(dest: Path) -> None:
+    """Temporary siblings of ``dest`` that a killed process left behind (edgeqat's own names only)."""
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
+        if stale.suffix not in (".tmp", ".old"):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _no_space(e: OSError, dest: Path) -> EdgeqatError:
+    return EdgeqatError(
+        f"no space left on the device while writing {dest}; nothing was replaced (any earlier {dest.name} is "
+        "intact): free some space and run again"
+    )
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path, stage: str) -> Iterator[Path]:
-    """Yields a temporary folder beside ``dest``; on success it replaces ``dest`` in one rename."""
+    """Yields a temporary folder beside ``dest``; on success it takes the place of ``dest`` atomically.
+
+    The swap is one renameat2(RENAME_EXCHANGE): a process killed at any instant leaves the old artifact
+    or the new one at ``dest``. Where the filesystem cannot exchange, two renames leave a window of
+    microseconds in which ``dest`` is missing (its old version then sits in a ``.old`` sibling).
+    """
     dest = Path(dest)
     ensure_replaceable(dest, stage)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(dest)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
-        if dest.exists():
+        if not dest.exists():
+            os.replace(tmp, dest)
+        elif _exchange(tmp, dest):
+            shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old artifact
+        else:
             old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
             os.replace(dest, old / dest.name)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(e, dest) from None
         raise
 
 

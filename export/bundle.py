@@ -49,13 +49,25 @@ def check_tokenizer_matches(tokenizer, vocab_size: int) -> None:
         )
 
 
-def golden_outputs(decoder, tokenizer, prompts: list[str], new_tokens: int, max_seq_len: int) -> list[dict]:
-    golden = []
-    forward = eager_forward(decoder)
+def golden_prompt_ids(tokenizer, prompts: list[str], max_seq_len: int) -> list[list[int]]:
+    """The prompts' token ids, each checked to leave room in the KV cache for at least one new token."""
+    all_ids = []
     for prompt in prompts:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if not ids or len(ids) >= max_seq_len:
-            raise EdgeqatError(f"golden prompt {prompt!r} is {len(ids)} tokens; it must be 1 to {max_seq_len - 1}")
+            shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+            raise EdgeqatError(
+                f"golden prompt {shown!r} is {len(ids)} tokens; it must be 1 to {max_seq_len - 1} "
+                f"(max_seq_len {max_seq_len}): shorten it or raise --max-seq-len"
+            )
+        all_ids.append(ids)
+    return all_ids
+
+
+def golden_outputs(decoder, tokenizer, prompts: list[str], new_tokens: int, max_seq_len: int) -> list[dict]:
+    golden = []
+    forward = eager_forward(decoder)
+    for prompt, ids in zip(prompts, golden_prompt_ids(tokenizer, prompts, max_seq_len)):
         out = greedy(forward, ids, new_tokens, max_seq_len)
         golden.append({"prompt": prompt, "prompt_ids": ids, "generated_ids": out, "text": tokenizer.decode(out)})
     return golden
@@ -72,6 +84,7 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
     model, tokenizer, _ = load_converted(converted_dir, record)
     config = model.config
     check_tokenizer_matches(tokenizer, config.vocab_size)
+    golden_prompt_ids(tokenizer, export.golden_prompts, export.max_seq_len)  # before the export's minutes of work
     linear_layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
 
     decoder = cached_decoder(model, export.max_seq_len)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeqat.errors import EdgeqatError
+from edgeqat.runtime_check.native_output import held_stderr, stdout_to_stderr
 
 
 @dataclass
@@ -22,32 +20,23 @@ class RunnerResult:
     time_to_first_token_ms: int
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """The C++ runner prints tokens and stats to file descriptor 1; keep stdout for `check --json`."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_tokens: int) -> RunnerResult:
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     bundle_dir = Path(bundle_dir)
-    try:
-        runner = TextLLMRunner(str(bundle_dir / manifest["program"]), str(bundle_dir / manifest["tokenizer"]))
-    except RuntimeError as e:
-        raise EdgeqatError(f"ExecuTorch's LLM runner cannot load the bundle: {e}") from None
+    with held_stderr() as native:
+        try:
+            runner = TextLLMRunner(str(bundle_dir / manifest["program"]), str(bundle_dir / manifest["tokenizer"]))
+        except RuntimeError as e:
+            failure = e
+        else:
+            failure = None
+    if failure is not None:
+        raise EdgeqatError(f"ExecuTorch's LLM runner cannot load the bundle: {native.reason() or failure}") from None
     pieces: list[str] = []
     stats: list = []
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False, num_bos=0, num_eos=0)
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         runner.generate(prompt, config, token_callback=pieces.append, stats_callback=stats.append)
     s = json.loads(stats[-1].to_json_string()) if stats else {}
     ttft = s.get("first_token_ms", 0) - s.get("inference_start_ms", 0)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from edgeqat.errors import EdgeqatError
+from edgeqat.runtime_check.native_output import held_stderr
+
+log = logging.getLogger("edgeqat")
 
 
 class PteProgram:
@@ -17,11 +21,17 @@ class PteProgram:
         from executorch.runtime import Runtime
 
         path = Path(bundle_dir) / manifest["program"]
-        try:
-            self._program = Runtime.get().load_program(path)
-            self._method = self._program.load_method(manifest["export"]["method"])
-        except (RuntimeError, ValueError) as e:
-            raise EdgeqatError(f"ExecuTorch cannot load {path}: {e}; re-export the bundle") from None
+        failure = None
+        with held_stderr() as native:
+            try:
+                self._program = Runtime.get().load_program(path)
+                self._method = self._program.load_method(manifest["export"]["method"])
+            except (RuntimeError, ValueError) as e:
+                failure = e
+        if failure is not None:
+            raise EdgeqatError(f"ExecuTorch cannot load {path}: {native.reason() or failure}; re-export the bundle") from None
+        if native.text.strip():
+            log.debug("ExecuTorch: %s", native.text.strip())
         self.max_seq_len = self._constant("get_max_seq_len")
         self.vocab_size = self._constant("get_vocab_size")
         model = manifest["model"]

@@ -6,9 +6,7 @@ Every case here must fail on its input before any training, conversion or export
 from __future__ import annotations
 
 import json
-import logging
 
-import datasets
 import pytest
 
 # The libraries print their own import-time notices (torchao's optional kernels); import them before
@@ -17,36 +15,9 @@ import torch  # noqa: F401
 import torchao  # noqa: F401
 import transformers  # noqa: F401
 
-from edgeqat.cli import main
-from edgeqat.errors import EdgeqatError
+from conftest import run_cli
 
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Runs each command in an empty folder, with its own datasets cache, and undoes main()'s logging setup."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
-    cache = tmp_path / ".hf-datasets-cache"
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", cache / "downloads")
-    monkeypatch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", cache / "downloads" / "extracted")
-    logger = logging.getLogger("edgeqat")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield tmp_path
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
-def run_cli(capsys, *argv: str) -> str:
-    """Runs `edgeqat ARGV`, asserts it failed as a user error, and returns its one stderr line."""
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    assert code == EdgeqatError.exit_code, (code, captured.err)
-    assert "Traceback" not in captured.err and "Traceback" not in captured.out
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("edgeqat: error: "), captured.err
-    assert "internal error" not in lines[0]
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def test_unknown_scheme(capsys, isolated):
