@@ -213,3 +213,24 @@ def test_study_with_an_lm_eval_include_path_that_is_not_a_folder(capsys, isolate
     line = run_cli(capsys, "study", "c.yaml", "--output", "out")
     assert "lm_eval_include_path no-such-folder is not a folder" in line
     assert not (isolated / "out").exists()
+
+
+def test_empty_dataset(capsys, isolated):
+    (isolated / "empty.jsonl").write_text("\n\n")
+    line = run_cli(capsys, "train", "--dataset", "empty.jsonl", "--output", "ckpt")
+    assert "no usable rows" in line and "empty.jsonl" in line
+    assert not (isolated / "ckpt").exists() and not (isolated / "ckpt.progress").exists()
+
+
+def test_dataset_without_a_text_or_messages_column(capsys, isolated):
+    (isolated / "qa.jsonl").write_text('{"question": "why?", "answer": "because"}\n')
+    line = run_cli(capsys, "train", "--dataset", "qa.jsonl", "--output", "ckpt")
+    assert "no 'text' or 'messages' column" in line and "question, answer" in line and "--text-column" in line
+    assert not (isolated / "ckpt").exists()
+
+
+def test_malformed_jsonl_line_is_named_by_its_number(capsys, isolated):
+    (isolated / "bad.jsonl").write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": broken}\n')
+    line = run_cli(capsys, "train", "--dataset", "bad.jsonl", "--output", "ckpt")
+    assert "bad.jsonl, line 3: malformed JSON" in line
+    assert not (isolated / "ckpt").exists()
