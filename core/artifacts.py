@@ -65,8 +65,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(e, path) from None
+        if _is_disk_full(e):
+            raise _no_space(path) from None
         raise
 
 
@@ -81,8 +81,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(e, path) from None
+        if _is_disk_full(e):
+            raise _no_space(path) from None
         raise
 
 
@@ -137,7 +137,11 @@ def _remove_leftovers(dest: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _no_space(e: OSError, dest: Path) -> EdgeqatError:
+def _is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(dest: Path) -> EdgeqatError:
     return EdgeqatError(
         f"no space left on the device while writing {dest}; nothing was replaced (any earlier {dest.name} is "
         "intact): free some space and run again"
@@ -171,8 +175,8 @@ def atomic_dir(dest: Path, stage: str) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(e, dest) from None
+        if _is_disk_full(e):
+            raise _no_space(dest) from None
         raise
 
 
