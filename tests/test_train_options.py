@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import safetensors
 
 from edgeqat.artifacts import read_record
@@ -52,3 +53,20 @@ def test_throughput_reaches_the_log_file_and_tensorboard(tmp_path: Path):
     events.Reload()
     assert [e.step for e in events.Scalars("train/tokens_per_s")] == [1, 2]
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+
+
+def test_lora_rank_that_does_not_divide_the_group_size_trains_and_converts(tmp_path: Path):
+    """Rank 5 against group size 32: QAT fake-quantizes the base linears before peft adds adapters, and the
+    adapters are merged into those base weights before conversion, so the rank never meets the group size."""
+    from edgeqat.train.convert import load_converted
+
+    ckpt, converted = tmp_path / "ckpt", tmp_path / "converted"
+    assert main(["train", "--output", str(ckpt), "--lora-rank", "5", "--group-size", "32", *SHORT]) == 0
+    record = read_record(ckpt)
+    assert record["config"]["train"]["lora_rank"] == 5 and all(loss > 0 for _, loss in record["loss_curve"])
+    assert main(["convert", str(ckpt), "--output", str(converted)]) == 0
+    model, _, converted_record = load_converted(converted)
+    assert converted_record["group_size"] == 32
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(weights) == 29 and all(type(w).__name__ == "IntxUnpackedToInt8Tensor" for w in weights)
+    assert {w.block_size[-1] for w in weights} == {32}
