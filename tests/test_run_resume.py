@@ -7,7 +7,6 @@ pipeline from the first stage whose artifact is missing, never redoing a stage t
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
