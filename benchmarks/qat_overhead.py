@@ -3,9 +3,11 @@
     python benchmarks/qat_overhead.py --preset qwen3-0.6b --batch 8 --seq-len 1024      # on a GPU
     python benchmarks/qat_overhead.py --model default --device cpu --batch 2 --seq-len 64 --steps 2
 
-For full fine-tuning and LoRA (r16), times the plain bf16 step and the QAT step of each scheme (the same
-fake quantizers `edgeqat train` uses): forward, backward and AdamW on random tokens, after warm-up steps.
-Prints a table (seconds per step, tokens/s, ratio to bf16, peak memory) and writes it as JSON.
+For full fine-tuning and LoRA (r16), times the plain bf16 step and the QAT step of each scheme, once with
+torchao's eager fake quantizers and once with edgeqat's fused ones (the two `train.fake_quant_kernels`):
+forward, backward and AdamW on random tokens, after warm-up steps. Prints a table (seconds per step,
+tokens/s, ratio to bf16, peak memory) and writes it as JSON. ``--profile DIR`` also writes, per run, the
+PyTorch profiler's table of where two steps spend their time.
 """
 
 from __future__ import annotations
@@ -42,13 +44,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None) -> dict:
+def _profile(step, out: Path, name: str, device: torch.device) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        _sync(device)
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+
+
+def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None, kernels: str | None) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = _load(args, device, dtype)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if scheme:
-        prepare_qat(model, QuantConfig(scheme=scheme))
+        prepare_qat(model, QuantConfig(scheme=scheme), fused=kernels == "fused")
     if fine_tuning == "lora":
         model = _add_lora(model, 16, 16)
     model.train()
@@ -74,9 +89,12 @@ def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None)
     _sync(device)
     seconds = (time.perf_counter() - start) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    if args.profile:
+        _profile(step, args.profile, f"{fine_tuning}-{scheme or 'bf16'}-{kernels or 'none'}", device)
     return {
         "fine_tuning": fine_tuning,
         "run": scheme or "bf16",
+        "kernels": kernels,
         "s_per_step": seconds,
         "tokens_per_s": args.batch * args.seq_len / seconds,
         "peak_gib": peak,
@@ -95,7 +113,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--fine-tuning", default="full,lora", help="full,lora")
     parser.add_argument("--schemes", default="8da4w,4w")
+    parser.add_argument("--kernels", default="torchao,fused", help="fake-quant kernels to time: torchao,fused")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--profile", type=Path, help="write the profiler's table of each run into this folder")
     parser.add_argument("--json", type=Path, default=Path("qat_overhead.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -103,8 +123,9 @@ def main() -> None:
     rows = []
     for fine_tuning in args.fine_tuning.split(","):
         base = None
-        for scheme in [None, *args.schemes.split(",")]:
-            row = time_steps(args, device, fine_tuning, scheme)
+        runs = [(None, None)] + [(s, k) for s in args.schemes.split(",") for k in args.kernels.split(",")]
+        for scheme, kernels in runs:
+            row = time_steps(args, device, fine_tuning, scheme, kernels)
             gc.collect()  # the model and optimizer of that run go before the next one is built
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -112,19 +133,19 @@ def main() -> None:
             row["ratio"] = row["s_per_step"] / base["s_per_step"]
             row["extra_peak_gib"] = None if row["peak_gib"] is None else row["peak_gib"] - base["peak_gib"]
             rows.append(row)
-            print(f"  {fine_tuning:5} {row['run']:6} {row['s_per_step']:.4f} s/step", file=sys.stderr, flush=True)
+            print(f"  {fine_tuning:5} {row['run']:6} {kernels or '':8} {row['s_per_step']:.4f} s/step", file=sys.stderr, flush=True)
 
     name = args.preset or args.model
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{name}, batch {args.batch} x {args.seq_len} tokens, AdamW, {args.steps} timed steps after {args.warmup}, "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, {gpu}\n")
-    print("| fine-tuning | run | s/step | tokens/s | × bf16 | peak GiB | + GiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| fine-tuning | run | fake quant | s/step | tokens/s | × bf16 | peak GiB | + GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
         extra = "-" if r["extra_peak_gib"] is None else f"{r['extra_peak_gib']:+.1f}"
-        print(f"| {r['fine_tuning']} | {r['run']} | {r['s_per_step']:.3f} | {r['tokens_per_s']:,.0f} | "
-              f"{r['ratio']:.2f} | {peak} | {extra} |")
+        print(f"| {r['fine_tuning']} | {r['run']} | {r['kernels'] or '-'} | {r['s_per_step']:.3f} | "
+              f"{r['tokens_per_s']:,.0f} | {r['ratio']:.2f} | {peak} | {extra} |")
     write_json_atomic(args.json, {"model": name, "device": gpu, "args": {k: str(v) for k, v in vars(args).items()},
                                   "rows": rows, "versions": versions()})
 

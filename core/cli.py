@@ -74,6 +74,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-steps", dest="train.save_steps", type=int, help="a resumable checkpoint every N steps")
     g.add_argument("--device", dest="train.device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--seed", dest="train.seed", type=int)
+    g.add_argument("--fake-quant-kernels", dest="train.fake_quant_kernels", choices=["auto", "fused", "torchao"],
+                   help="QAT fake quantization: fused kernels (auto: on CUDA) or torchao's eager quantizers")
     q = p.add_argument_group("quantization")
     q.add_argument("--scheme", dest="quant.scheme", help="8da4w (default), 8da8w or 4w")
     q.add_argument("--group-size", dest="quant.group_size", type=int, help="32/64/128/256, or 0 for per-channel")

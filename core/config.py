@@ -17,6 +17,7 @@ from edgeqat.errors import EdgeqatError
 DEFAULT = "default"  # names the embedded model / dataset shipped in edgeqat/assets
 MODES = ("qat", "bf16", "ptq")
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+FAKE_QUANT_KERNELS = ("auto", "fused", "torchao")  # auto: fused on CUDA, torchao's eager quantizers elsewhere
 # transformers' schedulers that need no extra arguments (its SchedulerType; importing it here costs seconds)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "warmup_stable_decay")
@@ -56,6 +57,9 @@ class TrainConfig:
     save_steps: int = 0  # 0: no intermediate checkpoints; N: a resumable checkpoint every N optimizer steps
     save_total_limit: int = 2  # checkpoints kept while training (at least 2, so a complete one always survives)
     logging_steps: int = 0  # 0: max_steps / 20
+    # QAT's fake quantization: "fused" (edgeqat's kernels, torchao's numerics, ~no extra memory), "torchao"
+    # (its eager quantizers), or "auto" (fused on CUDA). Layers the fused path does not cover use torchao.
+    fake_quant_kernels: str = "auto"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
 
@@ -205,6 +209,9 @@ def validate(config: RunConfig) -> None:
     _check_scheduler(config.train.lr_scheduler)
     if config.train.attn_implementation not in ATTENTION:
         raise EdgeqatError(f"train.attn_implementation must be one of {', '.join(ATTENTION)}, got {config.train.attn_implementation!r}")
+    if config.train.fake_quant_kernels not in FAKE_QUANT_KERNELS:
+        raise EdgeqatError(f"train.fake_quant_kernels must be one of {', '.join(FAKE_QUANT_KERNELS)}, "
+                           f"got {config.train.fake_quant_kernels!r}")
     if config.study.eval_windows < 1:
         raise EdgeqatError("study.eval_windows must be at least 1")
     if config.export.max_seq_len < 2:

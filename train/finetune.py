@@ -41,7 +41,7 @@ from edgeqat.train.model_loading import (
     resolve_device,
     world_size,
 )
-from edgeqat.train.quantize import check_quantizable, count_fake_quantized, prepare_qat, strip_fake_quant
+from edgeqat.train.quantize import check_quantizable, count_fake_quantized, prepare_qat, strip_fake_quant, wants_fused
 from edgeqat.train.train_log import TRAIN_LOG, ThroughputLog, quiet_trainer_output, read_train_log, steady_state
 
 log = logging.getLogger("edgeqat")
@@ -146,9 +146,11 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
     progress = progress_dir(output_dir)
     model = load_model(tc.model, dtype, device, tc.attn_implementation)
     if tc.mode == "qat":
-        prepare_qat(model, config.quant)
+        fused = wants_fused(tc.fake_quant_kernels, device)
+        prepare_qat(model, config.quant, fused=fused)
         if main:
-            log.info("QAT: %d modules fake-quantized with %s", count_fake_quantized(model), config.quant.scheme)
+            log.info("QAT: %d modules fake-quantized with %s (%s kernels)", count_fake_quantized(model),
+                     config.quant.scheme, "fused" if fused else "torchao")
     if tc.lora_rank:
         model = _add_lora(model, tc.lora_rank, tc.lora_alpha)
 

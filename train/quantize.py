@@ -53,9 +53,24 @@ def _apply(model: torch.nn.Module, quant: QuantConfig, wrap: Callable, warn: Cal
     quantize_(model, wrap(linear), filter_fn=linear_filter)
 
 
-def prepare_qat(model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning) -> None:
-    """Inserts torchao fake quantizers (QATConfig step="prepare") in place."""
+def wants_fused(kernels: str, device: torch.device) -> bool:
+    """Whether ``train.fake_quant_kernels`` asks for the fused fake-quantized linears on ``device``."""
+    return kernels == "fused" or (kernels == "auto" and device.type == "cuda")
+
+
+def prepare_qat(
+    model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning, fused: bool = False
+) -> None:
+    """Inserts torchao fake quantizers (QATConfig step="prepare") in place; ``fused`` swaps in the fused
+    fake-quantized linears (same numerics, see fused_fake_quant.py) wherever they apply."""
     _apply(model, quant, schemes.qat_prepare_config, warn)
+    if fused:
+        from edgeqat.train.fused_linear import use_fused
+
+        done, kept = use_fused(model)
+        if kept:
+            warn(f"{kept} fake-quantized linear(s) keep torchao's eager quantizers (not covered by the fused kernels)")
+        log.debug("fused fake quantization on %d linear layer(s)", done)
 
 
 def convert_qat(model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning) -> None:
@@ -78,7 +93,7 @@ def strip_fake_quant(model: torch.nn.Module) -> torch.nn.Module:
                 setattr(module, child_name, child.to_linear())
             elif isinstance(child, FakeQuantizedEmbedding):
                 setattr(module, child_name, child.to_embedding())
-    if getattr(model.config, "tie_word_embeddings", False):
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
         model.tie_weights()
     return model
 

@@ -1,0 +1,127 @@
+"""The fused fake-quantized linear computes what torchao's does: outputs and straight-through gradients.
+
+On CPU the fused functions run eagerly and must match torchao bit for bit. On CUDA (the device machine)
+they are compiled by inductor; there a fake-quantized value may land one rounding step away where a
+scale's last bf16 bit differs, so the test bounds how often and by how much.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgeqat.config import QuantConfig
+from edgeqat.train.fused_linear import FusedFakeQuantizedLinear, fused_spec, use_fused
+from edgeqat.train.quantize import prepare_qat, strip_fake_quant
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SCHEMES = [("8da4w", 32), ("8da4w", 64), ("8da4w", 128), ("8da4w", 0), ("8da8w", 0), ("4w", 32), ("4w", 128)]
+
+
+def _prepared(scheme: str, group_size: int, dtype, device, bias: bool = True, in_features: int = 256):
+    model = torch.nn.Sequential(torch.nn.Linear(in_features, 192, bias=bias)).to(device, dtype)
+    prepare_qat(model, QuantConfig(scheme=scheme, group_size=group_size))
+    return model
+
+
+def _inputs(dtype, device) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randn(3, 37, 256, device=device) * 3
+    x[0, 0] = 0  # a token of zeros: the scale's eps clamp
+    x[1, 2] = 5.0  # a constant token
+    x[2, 5, 7] = 400.0  # an outlier that squeezes the rest of its token into a few levels
+    return x.to(dtype)
+
+
+def _run(model, x, grad):
+    x = x.clone().requires_grad_()
+    out = model(x)
+    out.backward(grad)
+    linear = model[0]
+    return out, x.grad, linear.weight.grad, None if linear.bias is None else linear.bias.grad
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor, device: str) -> None:
+    if device == "cpu":
+        assert torch.equal(ours, theirs), (ours.float() - theirs.float()).abs().max()
+        return
+    differ = (ours != theirs).float().mean().item()
+    scale = theirs.float().abs().max().item()
+    assert differ < 2e-3, f"{differ:.2%} of the elements differ"
+    assert (ours.float() - theirs.float()).abs().max().item() <= 0.05 * scale
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("scheme,group_size", SCHEMES, ids=[f"{s}-g{g}" for s, g in SCHEMES])
+def test_fused_linear_matches_torchao(scheme, group_size, dtype, device):
+    reference = _prepared(scheme, group_size, dtype, device)
+    fused = copy.deepcopy(reference)
+    assert use_fused(fused) == (1, 0) and type(fused[0]) is FusedFakeQuantizedLinear
+    x = _inputs(dtype, device)
+    grad = torch.randn(3, 37, 192, device=device, dtype=dtype)
+    for ours, theirs in zip(_run(fused, x, grad), _run(reference, x, grad)):
+        _close(ours, theirs, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_frozen_weight_without_bias_gets_no_weight_gradient(device):
+    """LoRA freezes the base weight: the fused backward then skips the weight's fake-quant work entirely."""
+    reference = _prepared("8da4w", 32, torch.bfloat16, device, bias=False)
+    reference[0].weight.requires_grad_(False)
+    fused = copy.deepcopy(reference)
+    use_fused(fused)
+    x = _inputs(torch.bfloat16, device)
+    grad = torch.randn(3, 37, 192, device=device, dtype=torch.bfloat16)
+    ours, theirs = _run(fused, x, grad), _run(reference, x, grad)
+    assert ours[2] is None and theirs[2] is None
+    _close(ours[0], theirs[0], device)
+    _close(ours[1], theirs[1], device)
+
+
+def test_fused_model_trains_like_torchao_for_a_few_steps():
+    """Three AdamW steps on the embedded model end with identical weights on CPU."""
+    from edgeqat.train.model_loading import load_model
+
+    def trained(fused: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = load_model("default", torch.float32)
+        prepare_qat(model, QuantConfig(), fused=fused)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        batch = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            model(input_ids=batch, labels=batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return strip_fake_quant(model).state_dict()
+
+    ours, theirs = trained(True), trained(False)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.allclose(ours[name], theirs[name], rtol=0, atol=1e-6), name
+
+
+def test_quantizers_outside_the_fused_numerics_stay_with_torchao():
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
+
+    float_scales = IntxFakeQuantizeConfig(torch.int4, group_size=32, scale_precision=torch.float32)
+    per_token_symmetric_weights = QATConfig(
+        activation_config=IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False, scale_precision=torch.float32),
+        weight_config=IntxFakeQuantizeConfig(torch.int4, group_size=32), step="prepare",
+    )
+    for config in (QATConfig(weight_config=float_scales, step="prepare"), per_token_symmetric_weights):
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+        quantize_(model, config)
+        assert fused_spec(model[0]) is None
+        assert use_fused(model) == (0, 1) and type(model[0]) is not FusedFakeQuantizedLinear
+
+
+def test_fused_linears_strip_back_to_plain_linears():
+    model = _prepared("8da4w", 32, torch.float32, "cpu")
+    use_fused(model)
+    weight = model[0].weight
+    strip_fake_quant(model)
+    assert type(model[0]) is torch.nn.Linear and model[0].weight is weight

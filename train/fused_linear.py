@@ -1,0 +1,99 @@
+"""Swapping torchao's fake-quantized linears for fused ones, where the fused kernels compute the same thing.
+
+The swapped module is still a torchao ``FakeQuantizedLinear`` (same weight, bias and quantizer configs;
+``to_linear`` and QAT convert work unchanged); only its forward differs. A layer whose quantizers the
+fused path does not cover is left as it is, so every scheme keeps working through torchao.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgeqat.train.fused_fake_quant import FusedSpec, fused_fake_quantized_linear
+
+_FLOATS = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _fake_quantized_linear_class():
+    from torchao.quantization.qat import FakeQuantizedLinear
+
+    return FakeQuantizedLinear
+
+
+def _is_plain_dynamic_intx(quantizer) -> bool:
+    """An integer fake quantizer with torchao's default qparams: the numerics the fused kernels reproduce."""
+    from torchao.quantization.qat import IntxFakeQuantizer
+    from torchao.quantization.quant_primitives import _DTYPE_TO_QVALUE_BOUNDS, ZeroPointDomain
+
+    if type(quantizer) is not IntxFakeQuantizer:
+        return False
+    c = quantizer.config
+    return (
+        c.dtype in _DTYPE_TO_QVALUE_BOUNDS and c.scale_precision is None and c.zero_point_precision == torch.int32
+        and c.zero_point_domain == ZeroPointDomain.INT and c.is_dynamic and not c.range_learning and c.eps is None
+    )
+
+
+def fused_spec(module: torch.nn.Module) -> FusedSpec | None:
+    """What the fused linear must compute for ``module``, or None when it cannot stand in for torchao's."""
+    from torchao.quantization.granularity import PerAxis, PerGroup, PerToken
+    from torchao.quantization.quant_primitives import _DTYPE_TO_QVALUE_BOUNDS, MappingType
+
+    if type(module) is not _fake_quantized_linear_class():
+        return None
+    weight_q, act_q = module.weight_fake_quantizer, module.activation_fake_quantizer
+    if not _is_plain_dynamic_intx(weight_q) or weight_q.config.mapping_type != MappingType.SYMMETRIC:
+        return None
+    granularity = weight_q.config.granularity
+    if isinstance(granularity, PerGroup):
+        group_size = granularity.group_size
+    elif isinstance(granularity, PerAxis) and granularity.axis == 0:
+        group_size = module.in_features
+    else:
+        return None
+    if group_size < 2 or module.in_features % group_size:
+        return None
+    act_bounds = None
+    if act_q is not None:
+        if not (_is_plain_dynamic_intx(act_q) and isinstance(act_q.config.granularity, PerToken)
+                and act_q.config.mapping_type == MappingType.ASYMMETRIC):
+            return None
+        act_bounds = _DTYPE_TO_QVALUE_BOUNDS[act_q.config.dtype]
+    return FusedSpec(act_bounds, _DTYPE_TO_QVALUE_BOUNDS[weight_q.config.dtype], group_size)
+
+
+class FusedFakeQuantizedLinear(_fake_quantized_linear_class()):
+    """torchao's FakeQuantizedLinear with the fused forward and backward; ``fused_spec`` set by ``use_fused``."""
+
+    fused_spec: FusedSpec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act_q = self.activation_fake_quantizer
+        enabled = self.weight_fake_quantizer.enabled and (act_q is None or act_q.enabled)
+        if not enabled or x.dtype not in _FLOATS or self.weight.dtype not in _FLOATS:
+            return super().forward(x)
+        return fused_fake_quantized_linear(x, self.weight, self.bias, self.fused_spec)
+
+
+def use_fused(model: torch.nn.Module) -> tuple[int, int]:
+    """Turns every fake-quantized linear the fused path covers into a FusedFakeQuantizedLinear, in place.
+
+    Returns (fused, left to torchao). The module keeps its parameters, hooks and quantizers: only its
+    class changes, so a fused model saves, loads and converts exactly as torchao's.
+    """
+    fused = kept = 0
+    for module in model.modules():
+        if isinstance(module, FusedFakeQuantizedLinear):
+            fused += 1
+            continue
+        if not isinstance(module, _fake_quantized_linear_class()):
+            continue
+        spec = fused_spec(module)
+        if spec is None:
+            kept += 1
+            continue
+        module.__class__ = FusedFakeQuantizedLinear
+        module.fused_spec = spec
+        fused += 1
+    return fused, kept
+
