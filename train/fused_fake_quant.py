@@ -4,8 +4,8 @@ torchao's fake-quantized linear runs each fake quantizer as a chain of eager ops
 clamp, dequantize: about ten kernels each way) and autograd keeps their intermediates for the backward pass.
 Here the same chain, written op for op as torchao writes it, is one autograd function per linear:
 
-* forward: fake-quantize the activation per token and the weight per group (each one compiled kernel on
-  CUDA), then the matmul;
+* forward: fake-quantize the activation per token and the weight per group, then the matmul (one compiled
+  call on CUDA);
 * backward: recompute both from the saved input and weight (cheaper than storing them), then the two
   matmuls and torchao's straight-through gradients, ``((grad * scale) * in_range) * (1 / scale)``.
   Scales and zero points carry no gradient (torchao computes them under ``no_grad``).
@@ -18,7 +18,7 @@ quantizers this does not cover (range learning, float scales, other granularitie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,7 @@ import torch.nn.functional as F
 _COMPILE_OPTIONS = {"emulate_precision_casts": True}
 
 
-@dataclass(frozen=True)
-class FusedSpec:
+class FusedSpec(NamedTuple):
     """What one fused linear computes: activation bounds (None: weight-only) and weight bounds and group."""
 
     act_bounds: tuple[int, int] | None
@@ -98,63 +97,74 @@ def fake_quant_per_group_backward(w: torch.Tensor, grad: torch.Tensor, group_siz
     return _straight_through(grad.view(groups.shape), scale, in_range, inverse).view(w.shape)
 
 
-# ---- eager on CPU, compiled on CUDA ------------------------------------------------------------------------
+# ---- the linear: one forward and one backward function, eager on CPU, compiled on CUDA ---------------------
 
-_EAGER = {
-    "act": fake_quant_per_token,
-    "act_backward": fake_quant_per_token_backward,
-    "weight": fake_quant_per_group,
-    "weight_backward": fake_quant_per_group_backward,
-}
+
+def linear_forward(x2d, weight, bias, act_bounds, weight_bounds, group_size):
+    fq_x = fake_quant_per_token(x2d, *act_bounds) if act_bounds else x2d
+    return F.linear(fq_x, fake_quant_per_group(weight, group_size, *weight_bounds), bias)
+
+
+def linear_backward(x2d, weight, grad2d, act_bounds, weight_bounds, group_size, need_x, need_weight, need_bias):
+    grad_x = grad_w = grad_b = None
+    if need_x:
+        grad_fq_x = grad2d @ fake_quant_per_group(weight, group_size, *weight_bounds)
+        grad_x = fake_quant_per_token_backward(x2d, grad_fq_x, *act_bounds) if act_bounds else grad_fq_x
+    if need_weight:  # False for LoRA's frozen base weights: no weight work at all
+        fq_x = fake_quant_per_token(x2d, *act_bounds) if act_bounds else x2d
+        grad_w = fake_quant_per_group_backward(weight, grad2d.t() @ fq_x, group_size, *weight_bounds)
+    if need_bias:
+        grad_b = grad2d.sum(0)
+    return grad_x, grad_w, grad_b
+
+
 _compiled: dict[str, object] = {}
 
 
-def _kernel(name: str, tensor: torch.Tensor):
-    if tensor.device.type != "cuda":
-        return _EAGER[name]
-    if name not in _compiled:
-        _compiled[name] = torch.compile(_EAGER[name], fullgraph=True, dynamic=False, options=_COMPILE_OPTIONS)
-    # Rows vary with batch and sequence length; one kernel per in_features serves them all.
-    torch._dynamo.maybe_mark_dynamic(tensor, 0)
-    return _compiled[name]
+def _on(device: torch.device, fn):
+    """``fn`` itself off CUDA; on CUDA, compiled once with rows (tokens, output features) as dynamic sizes.
+
+    A whole linear's forward (and backward) is one compiled call: the step is often bound by the host
+    launching kernels, so fewer, larger calls matter as much as fewer bytes.
+    """
+    if device.type != "cuda":
+        return fn
+    if fn.__name__ not in _compiled:
+        # One graph per (in_features, spec, which gradients): a model has a handful, more than dynamo's default 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _compiled[fn.__name__] = torch.compile(fn, fullgraph=True, dynamic=False, options=_COMPILE_OPTIONS)
+    return _compiled[fn.__name__]
 
 
-def _fake_quant_act(x2d, spec: FusedSpec):
-    return _kernel("act", x2d)(x2d, *spec.act_bounds) if spec.act_bounds else x2d
-
-
-def _fake_quant_weight(weight, spec: FusedSpec):
-    return _kernel("weight", weight)(weight, spec.group_size, *spec.weight_bounds)
+def _dynamic_rows(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
 class _FakeQuantizedLinearFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, weight, bias, spec: FusedSpec):
-        x2d = x.reshape(-1, x.shape[-1])
-        out = F.linear(_fake_quant_act(x2d, spec), _fake_quant_weight(weight, spec), bias)
+        # Plain tensors into the compiled graph: a Parameter's guards pin its shape and requires_grad.
+        x2d, w = x.detach().reshape(-1, x.shape[-1]), weight.detach()
+        b = None if bias is None else bias.detach()
+        _dynamic_rows(x2d, w)
+        out = _on(x.device, linear_forward)(x2d, w, b, *spec)
         ctx.spec = spec
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x2d, weight)  # the same tensors a plain linear keeps; fake-quant is recomputed
+        ctx.save_for_backward(x2d, w)  # what a plain linear keeps; the fake-quantized copies are recomputed
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x2d, weight = ctx.saved_tensors
-        spec: FusedSpec = ctx.spec
+        x2d, w = ctx.saved_tensors
         grad2d = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_fq_x = grad2d @ _fake_quant_weight(weight, spec)
-            if spec.act_bounds:
-                grad_fq_x = _kernel("act_backward", x2d)(x2d, grad_fq_x, *spec.act_bounds)
-            grad_x = grad_fq_x.view(*grad_out.shape[:-1], x2d.shape[-1])
-        if ctx.needs_input_grad[1]:  # False for LoRA's frozen base weights: no weight work at all
-            grad_fq_w = grad2d.t() @ _fake_quant_act(x2d, spec)
-            grad_w = _kernel("weight_backward", weight)(weight, grad_fq_w, spec.group_size, *spec.weight_bounds)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad2d.sum(0)
+        _dynamic_rows(x2d, w, grad2d)
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        grad_x, grad_w, grad_b = _on(grad_out.device, linear_backward)(x2d, w, grad2d, *ctx.spec, need_x, need_w, need_b)
+        if grad_x is not None:
+            grad_x = grad_x.view(*grad_out.shape[:-1], x2d.shape[-1])
         return grad_x, grad_w, grad_b, None
 
 
