@@ -121,18 +121,23 @@ def linear_backward(x2d, weight, grad2d, act_bounds, weight_bounds, group_size, 
 _compiled: dict[str, object] = {}
 
 
-def _on(device: torch.device, fn):
-    """``fn`` itself off CUDA; on CUDA, compiled once with rows (tokens, output features) as dynamic sizes.
+def _on(tensor: torch.Tensor, fn):
+    """``fn`` itself off CUDA and for fp32; for bf16/fp16 on CUDA, compiled once with rows (tokens, output
+    features) as dynamic sizes.
 
     A whole linear's forward (and backward) is one compiled call: the step is often bound by the host
-    launching kernels, so fewer, larger calls matter as much as fewer bytes.
+    launching kernels, so fewer, larger calls matter as much as fewer bytes. fp32 stays eager because
+    inductor's fp32 division differs from eager's in the last bit, which moves values across rounding
+    boundaries (measured: 1e-2 relative error against torchao on an H200, against 0 for bf16).
     """
-    if device.type != "cuda":
+    if tensor.device.type != "cuda" or tensor.dtype == torch.float32:
         return fn
     if fn.__name__ not in _compiled:
         # One graph per (in_features, spec, which gradients): a model has a handful, more than dynamo's default 8.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _compiled[fn.__name__] = torch.compile(fn, fullgraph=True, dynamic=False, options=_COMPILE_OPTIONS)
+        import os
+        options = dict(_COMPILE_OPTIONS, cpp_wrapper=os.environ.get("EDGEQAT_CPP_WRAPPER") == "1")
+        _compiled[fn.__name__] = torch.compile(fn, fullgraph=True, dynamic=False, options=options)
     return _compiled[fn.__name__]
 
 
@@ -149,7 +154,7 @@ class _FakeQuantizedLinearFunction(torch.autograd.Function):
         x2d, w = x.detach().reshape(-1, x.shape[-1]), weight.detach()
         b = None if bias is None else bias.detach()
         _dynamic_rows(x2d, w)
-        out = _on(x.device, linear_forward)(x2d, w, b, *spec)
+        out = _on(x, linear_forward)(x2d, w, b, *spec)
         ctx.spec = spec
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x2d, w)  # what a plain linear keeps; the fake-quantized copies are recomputed
@@ -162,7 +167,7 @@ class _FakeQuantizedLinearFunction(torch.autograd.Function):
         grad2d = grad_out.reshape(-1, grad_out.shape[-1])
         _dynamic_rows(x2d, w, grad2d)
         need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
-        grad_x, grad_w, grad_b = _on(grad_out.device, linear_backward)(x2d, w, grad2d, *ctx.spec, need_x, need_w, need_b)
+        grad_x, grad_w, grad_b = _on(grad_out, linear_backward)(x2d, w, grad2d, *ctx.spec, need_x, need_w, need_b)
         if grad_x is not None:
             grad_x = grad_x.view(*grad_out.shape[:-1], x2d.shape[-1])
         return grad_x, grad_w, grad_b, None
