@@ -1,12 +1,16 @@
 """The fused fake-quantized linear computes what torchao's does: outputs and straight-through gradients.
 
-On CPU the fused functions run eagerly and must match torchao bit for bit. On CUDA (the device machine)
-they are compiled by inductor, and the comparison allows bf16 rounding.
+On CPU the fused functions run eagerly and must match torchao bit for bit, and so must the Triton kernels
+that bf16 uses on CUDA, run here through Triton's interpreter. On CUDA (the device machine) the kernels
+run compiled, and the comparison allows for cuBLAS choosing other kernels for other matmul shapes.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -124,3 +128,21 @@ def test_fused_linears_strip_back_to_plain_linears():
     weight = model[0].weight
     strip_fake_quant(model)
     assert type(model[0]) is torch.nn.Linear and model[0].weight is weight
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="already the interpreter run")
+def test_triton_kernels_match_torchao_in_the_interpreter():
+    """The bf16 cases again, in a process where Triton interprets its kernels on CPU tensors (Triton reads
+    TRITON_INTERPRET once, when it starts), so that they take the kernels' path and must match bit for bit."""
+    pytest.importorskip("triton")
+    selection = "bf16 and cpu or frozen or kernels_ran"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "9 passed" in result.stdout.splitlines()[-1], result.stdout[-500:]
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="only in the interpreter run")
+def test_kernels_ran():
+    assert "edgeqat.train.fake_quant_triton" in sys.modules, "the bf16 cases did not take the kernels' path"

@@ -4,28 +4,24 @@ torchao's fake-quantized linear runs each fake quantizer as a chain of eager ops
 clamp, dequantize: about ten kernels each way) and autograd keeps their intermediates for the backward pass.
 Here the same chain, written op for op as torchao writes it, is one autograd function per linear:
 
-* forward: fake-quantize the activation per token and the weight per group, then the matmul (one compiled
-  call on CUDA);
+* forward: fake-quantize the activation per token and the weight per group, then the matmul;
 * backward: recompute both from the saved input and weight (cheaper than storing them), then the two
   matmuls and torchao's straight-through gradients, ``((grad * scale) * in_range) * (1 / scale)``.
   Scales and zero points carry no gradient (torchao computes them under ``no_grad``).
 
 Only the input and the weight are saved, as for a plain linear, so QAT costs no extra activation memory.
-On CPU the same functions run eagerly and match torchao bit for bit; on CUDA inductor compiles them with
-``emulate_precision_casts`` so that bf16 intermediates round as they do in eager mode. A linear whose
-quantizers this does not cover (range learning, float scales, other granularities) keeps torchao's module.
+In bf16 on CUDA each fake quantization is one Triton kernel (fake_quant_triton.py); elsewhere the
+functions below run eagerly and match torchao bit for bit. A linear whose quantizers this does not
+cover (range learning, float scales, other granularities) keeps torchao's module.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-
-# Inductor rounds bf16 intermediates as eager does (else it keeps them in fp32 and scales drift by an ulp).
-_COMPILE_OPTIONS = {"emulate_precision_casts": True}
-
 
 class FusedSpec(NamedTuple):
     """What one fused linear computes: activation bounds (None: weight-only) and weight bounds and group."""
@@ -97,77 +93,76 @@ def fake_quant_per_group_backward(w: torch.Tensor, grad: torch.Tensor, group_siz
     return _straight_through(grad.view(groups.shape), scale, in_range, inverse).view(w.shape)
 
 
-# ---- the linear: one forward and one backward function, eager on CPU, compiled on CUDA ---------------------
+# ---- the linear: Triton kernels for bf16 on CUDA, the functions above elsewhere -----------------------------
 
 
-def linear_forward(x2d, weight, bias, act_bounds, weight_bounds, group_size):
-    fq_x = fake_quant_per_token(x2d, *act_bounds) if act_bounds else x2d
-    return F.linear(fq_x, fake_quant_per_group(weight, group_size, *weight_bounds), bias)
+def _triton_kernels(x: torch.Tensor, weight: torch.Tensor, spec: FusedSpec):
+    """The Triton kernel module when it applies to this call, else None (then the eager functions run)."""
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") or weight.dtype != x.dtype:
+        return None
+    try:
+        from edgeqat.train import fake_quant_triton
+    except ImportError:  # no Triton (CPU-only torch)
+        return None
+    return fake_quant_triton if fake_quant_triton.applies(x.dtype, weight.shape[1], spec.group_size) else None
 
 
-def linear_backward(x2d, weight, grad2d, act_bounds, weight_bounds, group_size, need_x, need_weight, need_bias):
-    grad_x = grad_w = grad_b = None
-    if need_x:
-        grad_fq_x = grad2d @ fake_quant_per_group(weight, group_size, *weight_bounds)
-        grad_x = fake_quant_per_token_backward(x2d, grad_fq_x, *act_bounds) if act_bounds else grad_fq_x
-    if need_weight:  # False for LoRA's frozen base weights: no weight work at all
-        fq_x = fake_quant_per_token(x2d, *act_bounds) if act_bounds else x2d
-        grad_w = fake_quant_per_group_backward(weight, grad2d.t() @ fq_x, group_size, *weight_bounds)
+def linear_forward(x2d, weight, bias, spec: FusedSpec):
+    kernels = _triton_kernels(x2d, weight, spec)
+    if kernels is None:
+        fq_x = fake_quant_per_token(x2d, *spec.act_bounds) if spec.act_bounds else x2d
+        fq_w = fake_quant_per_group(weight, spec.group_size, *spec.weight_bounds)
+    else:
+        fq_x = kernels.per_token(x2d, *spec.act_bounds)[0] if spec.act_bounds else x2d
+        fq_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds)
+    return F.linear(fq_x, fq_w, bias)
+
+
+def linear_backward(x2d, weight, grad2d, spec: FusedSpec, need_x: bool, need_weight: bool, need_bias: bool):
+    kernels = _triton_kernels(x2d, weight, spec)
+    grad_x = grad_w = grad_b = fq_x = None
+    if kernels is None:
+        if need_x:
+            grad_fq_x = grad2d @ fake_quant_per_group(weight, spec.group_size, *spec.weight_bounds)
+            grad_x = fake_quant_per_token_backward(x2d, grad_fq_x, *spec.act_bounds) if spec.act_bounds else grad_fq_x
+        if need_weight:
+            fq_x = fake_quant_per_token(x2d, *spec.act_bounds) if spec.act_bounds else x2d
+            grad_w = fake_quant_per_group_backward(weight, grad2d.t() @ fq_x, spec.group_size, *spec.weight_bounds)
+    else:
+        if need_x:
+            grad_fq_x = grad2d @ kernels.per_group(weight, spec.group_size, *spec.weight_bounds)
+            if spec.act_bounds:  # one pass writes the input's gradient and, if needed, its fake-quantized copy
+                fq_x, grad_x = kernels.per_token(x2d, *spec.act_bounds, grad=grad_fq_x, want_fq=need_weight)
+            else:
+                grad_x = grad_fq_x
+        if need_weight:
+            if fq_x is None:
+                fq_x = kernels.per_token(x2d, *spec.act_bounds)[0] if spec.act_bounds else x2d
+            grad_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds, grad=grad2d.t() @ fq_x)
     if need_bias:
         grad_b = grad2d.sum(0)
     return grad_x, grad_w, grad_b
-
-
-_compiled: dict[str, object] = {}
-
-
-def _on(tensor: torch.Tensor, fn):
-    """``fn`` itself off CUDA and for fp32; for bf16/fp16 on CUDA, compiled once with rows (tokens, output
-    features) as dynamic sizes.
-
-    A whole linear's forward (and backward) is one compiled call: the step is often bound by the host
-    launching kernels, so fewer, larger calls matter as much as fewer bytes. fp32 stays eager because
-    inductor's fp32 division differs from eager's in the last bit, which moves values across rounding
-    boundaries (measured: 1e-2 relative error against torchao on an H200, against 0 for bf16).
-    """
-    if tensor.device.type != "cuda" or tensor.dtype == torch.float32:
-        return fn
-    if fn.__name__ not in _compiled:
-        # One graph per (in_features, spec, which gradients): a model has a handful, more than dynamo's default 8.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        import os
-        options = dict(_COMPILE_OPTIONS, cpp_wrapper=os.environ.get("EDGEQAT_CPP_WRAPPER") == "1")
-        _compiled[fn.__name__] = torch.compile(fn, fullgraph=True, dynamic=False, options=options)
-    return _compiled[fn.__name__]
-
-
-def _dynamic_rows(*tensors: torch.Tensor) -> None:
-    for t in tensors:
-        torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
 class _FakeQuantizedLinearFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, weight, bias, spec: FusedSpec):
-        # Plain tensors into the compiled graph: a Parameter's guards pin its shape and requires_grad.
-        x2d, w = x.detach().reshape(-1, x.shape[-1]), weight.detach()
-        b = None if bias is None else bias.detach()
-        _dynamic_rows(x2d, w)
-        out = _on(x, linear_forward)(x2d, w, b, *spec)
+        x2d = x.reshape(-1, x.shape[-1]).contiguous()
+        out = linear_forward(x2d, weight, bias, spec)
         ctx.spec = spec
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x2d, w)  # what a plain linear keeps; the fake-quantized copies are recomputed
+        ctx.save_for_backward(x2d, weight)  # what a plain linear keeps; the fake-quantized copies are recomputed
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x2d, w = ctx.saved_tensors
-        grad2d = grad_out.reshape(-1, grad_out.shape[-1])
-        _dynamic_rows(x2d, w, grad2d)
-        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
-        grad_x, grad_w, grad_b = _on(grad_out, linear_backward)(x2d, w, grad2d, *ctx.spec, need_x, need_w, need_b)
+        x2d, weight = ctx.saved_tensors
+        grad2d = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]  # need_w is False for LoRA's frozen base
+        grad_x, grad_w, grad_b = linear_backward(x2d, weight, grad2d, ctx.spec, need_x, need_w,
+                                                 ctx.has_bias and ctx.needs_input_grad[2])
         if grad_x is not None:
             grad_x = grad_x.view(*grad_out.shape[:-1], x2d.shape[-1])
         return grad_x, grad_w, grad_b, None
