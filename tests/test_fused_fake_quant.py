@@ -70,9 +70,11 @@ def test_fused_linear_matches_torchao(scheme, group_size, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_frozen_weight_without_bias_gets_no_weight_gradient(device):
-    """LoRA freezes the base weight: the fused backward then skips the weight's fake-quant work entirely."""
-    reference = _prepared("8da4w", 32, torch.bfloat16, device, bias=False)
+@pytest.mark.parametrize("scheme", ["8da4w", "4w"])
+def test_frozen_weight_without_bias_gets_no_weight_gradient(device, scheme):
+    """LoRA freezes the base weight: the fused backward then skips the weight's fake-quant work entirely
+    (and a weight-only layer keeps no input for it)."""
+    reference = _prepared(scheme, 32, torch.bfloat16, device, bias=False)
     reference[0].weight.requires_grad_(False)
     fused = copy.deepcopy(reference)
     use_fused(fused)
@@ -140,7 +142,7 @@ def test_triton_kernels_match_torchao_in_the_interpreter():
     result = subprocess.run(command, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "9 passed" in result.stdout.splitlines()[-1], result.stdout[-500:]
+    assert "10 passed" in result.stdout.splitlines()[-1], result.stdout[-500:]
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="only in the interpreter run")

@@ -119,7 +119,7 @@ def linear_forward(x2d, weight, bias, spec: FusedSpec):
 
 
 def linear_backward(x2d, weight, grad2d, spec: FusedSpec, need_x: bool, need_weight: bool, need_bias: bool):
-    kernels = _triton_kernels(x2d, weight, spec)
+    kernels = _triton_kernels(grad2d, weight, spec)  # x2d is None for a frozen weight-only layer
     grad_x = grad_w = grad_b = fq_x = None
     if kernels is None:
         if need_x:
@@ -152,7 +152,10 @@ class _FakeQuantizedLinearFunction(torch.autograd.Function):
         out = linear_forward(x2d, weight, bias, spec)
         ctx.spec = spec
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x2d, weight)  # what a plain linear keeps; the fake-quantized copies are recomputed
+        # What a plain linear keeps; the fake-quantized copies are recomputed. The input is needed for the
+        # weight's gradient and for the activation quantizer's mask, not for a frozen weight-only layer.
+        ctx.save_for_backward(x2d if ctx.needs_input_grad[1] or spec.act_bounds else None, weight)
+        ctx.x_shape = x2d.shape
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -164,7 +167,7 @@ class _FakeQuantizedLinearFunction(torch.autograd.Function):
         grad_x, grad_w, grad_b = linear_backward(x2d, weight, grad2d, ctx.spec, need_x, need_w,
                                                  ctx.has_bias and ctx.needs_input_grad[2])
         if grad_x is not None:
-            grad_x = grad_x.view(*grad_out.shape[:-1], x2d.shape[-1])
+            grad_x = grad_x.view(*grad_out.shape[:-1], ctx.x_shape[-1])
         return grad_x, grad_w, grad_b, None
 
 
