@@ -148,3 +148,21 @@ def test_triton_kernels_match_torchao_in_the_interpreter():
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="only in the interpreter run")
 def test_kernels_ran():
     assert "edgeqat.train.fake_quant_triton" in sys.modules, "the bf16 cases did not take the kernels' path"
+
+
+def test_weight_is_fake_quantized_once_per_optimizer_step():
+    model = _prepared("8da4w", 32, torch.float32, "cpu")
+    use_fused(model)
+    linear = model[0]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = _inputs(torch.float32, "cpu")
+    model(x).sum().backward()
+    first = linear._fq_weight
+    model(x).sum().backward()  # a second micro-batch (gradient accumulation): same weights, same copy
+    assert linear._fq_weight is first
+    optimizer.step()
+    model(x).sum().backward()
+    assert linear._fq_weight is not first and not torch.equal(linear._fq_weight, first)
+    reference = _prepared("8da4w", 32, torch.float32, "cpu")
+    reference[0].load_state_dict(linear.state_dict())
+    assert torch.equal(linear._fq_weight, reference[0].weight_fake_quantizer(reference[0].weight).detach())

@@ -5,11 +5,15 @@ clamp, dequantize: about ten kernels each way) and autograd keeps their intermed
 Here the same chain, written op for op as torchao writes it, is one autograd function per linear:
 
 * forward: fake-quantize the activation per token and the weight per group, then the matmul;
-* backward: recompute both from the saved input and weight (cheaper than storing them), then the two
+* backward: recompute the activation's copy from the saved input (cheaper than storing it), then the two
   matmuls and torchao's straight-through gradients, ``((grad * scale) * in_range) * (1 / scale)``.
   Scales and zero points carry no gradient (torchao computes them under ``no_grad``).
 
 Only the input and the weight are saved, as for a plain linear, so QAT costs no extra activation memory.
+The weight's fake-quantized copy is made once per optimizer step (FusedFakeQuantizedLinear keeps it while
+the weight is unchanged: across gradient accumulation, checkpointing's recomputation and the backward
+pass, and for LoRA's frozen weights for the whole run); that copy, 2 bytes per weight, is the only extra
+memory. torchao holds the same copy through each step (F.linear saves it for the backward).
 In bf16 on CUDA each fake quantization is one Triton kernel (fake_quant_triton.py); elsewhere the
 functions below run eagerly and match torchao bit for bit. A linear whose quantizers this does not
 cover (range learning, float scales, other granularities) keeps torchao's module.
@@ -107,38 +111,47 @@ def _triton_kernels(x: torch.Tensor, weight: torch.Tensor, spec: FusedSpec):
     return fake_quant_triton if fake_quant_triton.applies(x.dtype, weight.shape[1], spec.group_size) else None
 
 
-def linear_forward(x2d, weight, bias, spec: FusedSpec):
-    kernels = _triton_kernels(x2d, weight, spec)
-    if kernels is None:
-        fq_x = fake_quant_per_token(x2d, *spec.act_bounds) if spec.act_bounds else x2d
-        fq_w = fake_quant_per_group(weight, spec.group_size, *spec.weight_bounds)
+def fake_quantized_weight(weight: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
+    """The weight's fake-quantized copy (no autograd history: its gradient is taken in linear_backward)."""
+    kernels = _triton_kernels(weight, weight, spec)
+    with torch.no_grad():
+        if kernels is None:
+            return fake_quant_per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
+        return kernels.per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
+
+
+def linear_forward(x2d, fq_weight, bias, spec: FusedSpec):
+    kernels = _triton_kernels(x2d, fq_weight, spec)
+    if not spec.act_bounds:
+        fq_x = x2d
+    elif kernels is None:
+        fq_x = fake_quant_per_token(x2d, *spec.act_bounds)
     else:
-        fq_x = kernels.per_token(x2d, *spec.act_bounds)[0] if spec.act_bounds else x2d
-        fq_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds)
-    return F.linear(fq_x, fq_w, bias)
+        fq_x = kernels.per_token(x2d, *spec.act_bounds)[0]
+    return F.linear(fq_x, fq_weight, bias)
 
 
-def linear_backward(x2d, weight, grad2d, spec: FusedSpec, need_x: bool, need_weight: bool, need_bias: bool):
-    kernels = _triton_kernels(grad2d, weight, spec)  # x2d is None for a frozen weight-only layer
+def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: bool, need_weight: bool, need_bias: bool):
+    """Gradients of input, weight and bias; ``weight`` is None when frozen, ``x2d`` when nothing needs it."""
+    kernels = _triton_kernels(grad2d, fq_weight, spec)
     grad_x = grad_w = grad_b = fq_x = None
-    if kernels is None:
-        if need_x:
-            grad_fq_x = grad2d @ fake_quant_per_group(weight, spec.group_size, *spec.weight_bounds)
-            grad_x = fake_quant_per_token_backward(x2d, grad_fq_x, *spec.act_bounds) if spec.act_bounds else grad_fq_x
-        if need_weight:
-            fq_x = fake_quant_per_token(x2d, *spec.act_bounds) if spec.act_bounds else x2d
-            grad_w = fake_quant_per_group_backward(weight, grad2d.t() @ fq_x, spec.group_size, *spec.weight_bounds)
-    else:
-        if need_x:
-            grad_fq_x = grad2d @ kernels.per_group(weight, spec.group_size, *spec.weight_bounds)
-            if spec.act_bounds:  # one pass writes the input's gradient and, if needed, its fake-quantized copy
-                fq_x, grad_x = kernels.per_token(x2d, *spec.act_bounds, grad=grad_fq_x, want_fq=need_weight)
-            else:
-                grad_x = grad_fq_x
-        if need_weight:
-            if fq_x is None:
-                fq_x = kernels.per_token(x2d, *spec.act_bounds)[0] if spec.act_bounds else x2d
-            grad_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds, grad=grad2d.t() @ fq_x)
+    if need_x:
+        grad_fq_x = grad2d @ fq_weight
+        if not spec.act_bounds:
+            grad_x = grad_fq_x
+        elif kernels is None:
+            grad_x = fake_quant_per_token_backward(x2d, grad_fq_x, *spec.act_bounds)
+        else:  # one pass writes the input's gradient and, if the weight needs it, the input's fake-quantized copy
+            fq_x, grad_x = kernels.per_token(x2d, *spec.act_bounds, grad=grad_fq_x, want_fq=need_weight)
+    if need_weight:
+        if fq_x is None:
+            fq_x = x2d if not spec.act_bounds else (
+                fake_quant_per_token(x2d, *spec.act_bounds) if kernels is None else kernels.per_token(x2d, *spec.act_bounds)[0])
+        grad_fq_w = grad2d.t() @ fq_x
+        if kernels is None:
+            grad_w = fake_quant_per_group_backward(weight, grad_fq_w, spec.group_size, *spec.weight_bounds)
+        else:
+            grad_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds, grad=grad_fq_w)
     if need_bias:
         grad_b = grad2d.sum(0)
     return grad_x, grad_w, grad_b
@@ -147,29 +160,31 @@ def linear_backward(x2d, weight, grad2d, spec: FusedSpec, need_x: bool, need_wei
 class _FakeQuantizedLinearFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, weight, bias, spec: FusedSpec):
+    def forward(ctx, x, weight, fq_weight, bias, spec: FusedSpec):
         x2d = x.reshape(-1, x.shape[-1]).contiguous()
-        out = linear_forward(x2d, weight, bias, spec)
+        out = linear_forward(x2d, fq_weight, bias, spec)
         ctx.spec = spec
         ctx.has_bias = bias is not None
-        # What a plain linear keeps; the fake-quantized copies are recomputed. The input is needed for the
-        # weight's gradient and for the activation quantizer's mask, not for a frozen weight-only layer.
-        ctx.save_for_backward(x2d if ctx.needs_input_grad[1] or spec.act_bounds else None, weight)
+        need_w = ctx.needs_input_grad[1]
+        # What a plain linear keeps, and no fake-quantized activations (they are recomputed). The input is
+        # needed for the weight's gradient and the activation quantizer's mask, the weight for its own.
+        ctx.save_for_backward(x2d if need_w or spec.act_bounds else None, weight if need_w else None, fq_weight)
         ctx.x_shape = x2d.shape
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x2d, weight = ctx.saved_tensors
+        x2d, weight, fq_weight = ctx.saved_tensors
         grad2d = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]  # need_w is False for LoRA's frozen base
-        grad_x, grad_w, grad_b = linear_backward(x2d, weight, grad2d, ctx.spec, need_x, need_w,
-                                                 ctx.has_bias and ctx.needs_input_grad[2])
+        grad_x, grad_w, grad_b = linear_backward(x2d, weight, fq_weight, grad2d, ctx.spec, need_x, need_w,
+                                                 ctx.has_bias and ctx.needs_input_grad[3])
         if grad_x is not None:
             grad_x = grad_x.view(*grad_out.shape[:-1], ctx.x_shape[-1])
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, None, grad_b, None
 
 
-def fused_fake_quantized_linear(x, weight, bias, spec: FusedSpec) -> torch.Tensor:
-    return _FakeQuantizedLinearFunction.apply(x, weight, bias, spec)
+def fused_fake_quantized_linear(x, weight, fq_weight, bias, spec: FusedSpec) -> torch.Tensor:
+    """``fq_weight`` is ``fake_quantized_weight(weight, spec)``, which callers may keep while the weight is unchanged."""
+    return _FakeQuantizedLinearFunction.apply(x, weight, fq_weight, bias, spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from edgeqat.train.fused_fake_quant import FusedSpec, fused_fake_quantized_linear
+from edgeqat.train.fused_fake_quant import FusedSpec, fake_quantized_weight, fused_fake_quantized_linear
 
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -72,7 +72,16 @@ class FusedFakeQuantizedLinear(_fake_quantized_linear_class()):
         enabled = self.weight_fake_quantizer.enabled and (act_q is None or act_q.enabled)
         if not enabled or x.dtype not in _FLOATS or self.weight.dtype not in _FLOATS:
             return super().forward(x)
-        return fused_fake_quantized_linear(x, self.weight, self.bias, self.fused_spec)
+        return fused_fake_quantized_linear(x, self.weight, self._fake_quantized_weight(), self.bias, self.fused_spec)
+
+    def _fake_quantized_weight(self) -> torch.Tensor:
+        """Made again only when the weight changed: an optimizer step (in place) bumps its version counter."""
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if getattr(self, "_fq_weight_key", None) != key:
+            self._fq_weight = fake_quantized_weight(w, self.fused_spec)
+            self._fq_weight_key = key
+        return self._fq_weight
 
 
 def use_fused(model: torch.nn.Module) -> tuple[int, int]:
