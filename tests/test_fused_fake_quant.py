@@ -94,7 +94,7 @@ def test_fused_model_trains_like_torchao_for_a_few_steps():
         torch.manual_seed(0)
         model = load_model("default", torch.float32)
         prepare_qat(model, QuantConfig(), fused=fused)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # as the Trainer on CUDA
         batch = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
         for _ in range(3):
             model(input_ids=batch, labels=batch).loss.backward()
@@ -150,11 +150,13 @@ def test_kernels_ran():
     assert "edgeqat.train.fake_quant_triton" in sys.modules, "the bf16 cases did not take the kernels' path"
 
 
-def test_weight_is_fake_quantized_once_per_optimizer_step():
+@pytest.mark.parametrize("fused_adamw", [False, True], ids=["adamw", "fused-adamw"])
+def test_weight_is_fake_quantized_once_per_optimizer_step(fused_adamw):
+    """Fused AdamW (the Trainer's default on CUDA) updates weights without bumping their version counter."""
     model = _prepared("8da4w", 32, torch.float32, "cpu")
     use_fused(model)
     linear = model[0]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused_adamw)
     x = _inputs(torch.float32, "cpu")
     model(x).sum().backward()
     first = linear._fq_weight

@@ -8,10 +8,22 @@ fused path does not cover is left as it is, so every scheme keeps working throug
 from __future__ import annotations
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from edgeqat.train.fused_fake_quant import FusedSpec, fake_quantized_weight, fused_fake_quantized_linear
 
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
+# Optimizer steps so far, of any optimizer. Fused optimizers (AdamW(fused=True), the Trainer's default on
+# CUDA) update weights in place without bumping their version counter, so a cached fake-quantized weight
+# is also keyed by this.
+_optimizer_steps = [0]
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _optimizer_steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 
 def _fake_quantized_linear_class():
@@ -75,9 +87,9 @@ class FusedFakeQuantizedLinear(_fake_quantized_linear_class()):
         return fused_fake_quantized_linear(x, self.weight, self._fake_quantized_weight(), self.bias, self.fused_spec)
 
     def _fake_quantized_weight(self) -> torch.Tensor:
-        """Made again only when the weight changed: an optimizer step (in place) bumps its version counter."""
+        """Made again only when the weight may have changed: an optimizer step, or any in-place change."""
         w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        key = (_optimizer_steps[0], w._version, w.data_ptr(), w.dtype, w.device)
         if getattr(self, "_fq_weight_key", None) != key:
             self._fq_weight = fake_quantized_weight(w, self.fused_spec)
             self._fq_weight_key = key
