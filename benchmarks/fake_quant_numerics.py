@@ -25,7 +25,7 @@ from edgeqat.train.quantize import prepare_qat
 SCHEMES = [("8da4w", 32), ("8da4w", 128), ("8da4w", 0), ("8da8w", 0), ("4w", 32)]
 
 
-def compare(scheme: str, group_size: int, dtype: torch.dtype, device: str, tokens: int, seed: int) -> dict:
+def compare(scheme: str, group_size: int, dtype: torch.dtype, device: str, tokens: int, seed: int, autocast: bool) -> dict:
     torch.manual_seed(seed)
     reference = torch.nn.Sequential(torch.nn.Linear(1024, 3072, bias=False)).to(device, dtype)
     prepare_qat(reference, QuantConfig(scheme=scheme, group_size=group_size))
@@ -36,11 +36,12 @@ def compare(scheme: str, group_size: int, dtype: torch.dtype, device: str, token
     results = []
     for model in (reference, fused):
         xi = x.clone().requires_grad_()
-        out = model(xi)
-        out.backward(grad)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):  # as the Trainer trains
+            out = model(xi)
+            out.backward(grad)
         results.append({"output": out.detach(), "grad_input": xi.grad, "grad_weight": model[0].weight.grad})
     theirs, ours = results
-    row = {"scheme": scheme, "group_size": group_size, "dtype": str(dtype).removeprefix("torch.")}
+    row = {"scheme": scheme, "group_size": group_size, "dtype": str(dtype).removeprefix("torch."), "autocast": autocast}
     for name in theirs:
         a, b = ours[name].float(), theirs[name].float()
         row[f"{name}_identical"] = (a == b).float().mean().item()
@@ -56,15 +57,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("fake_quant_numerics.json"))
     args = parser.parse_args()
 
-    rows = [compare(s, g, dtype, args.device, args.tokens, args.seed)
-            for s, g in SCHEMES for dtype in (torch.bfloat16, torch.float32)]
+    runs = [(torch.bfloat16, False), (torch.float32, False)] + ([(torch.bfloat16, True)] if args.device == "cuda" else [])
+    rows = [compare(s, g, dtype, args.device, args.tokens, args.seed, autocast) for s, g in SCHEMES for dtype, autocast in runs]
     print(f"\nfused vs torchao fake-quantized linear 1024 -> 3072, {args.tokens} tokens, {args.device}\n")
-    print("| scheme | group | dtype | output identical | rel. error | grad input identical | rel. error "
+    print("| scheme | group | dtype | autocast | output identical | rel. error | grad input identical | rel. error "
           "| grad weight identical | rel. error |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         cells = [f"{r[f'{n}_identical']:.4%} | {r[f'{n}_relative_error']:.1e}" for n in ("output", "grad_input", "grad_weight")]
-        print(f"| {r['scheme']} | {r['group_size'] or 'channel'} | {r['dtype']} | " + " | ".join(cells) + " |")
+        print(f"| {r['scheme']} | {r['group_size'] or 'channel'} | {r['dtype']} | {'bf16' if r['autocast'] else '-'} | "
+              + " | ".join(cells) + " |")
     write_json_atomic(args.json, {"device": args.device, "tokens": args.tokens, "rows": rows, "versions": versions()})
 
 

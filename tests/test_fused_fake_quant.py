@@ -69,6 +69,22 @@ def test_fused_linear_matches_torchao(scheme, group_size, dtype, device):
         _close(ours, theirs, device)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA autocast")
+@pytest.mark.parametrize("scheme,group_size", SCHEMES, ids=[f"{s}-g{g}" for s, g in SCHEMES])
+def test_fused_linear_matches_torchao_under_autocast(scheme, group_size):
+    """The Trainer runs under bf16 autocast, where torchao's ``1.0 / scale`` is computed in fp32."""
+    reference = _prepared(scheme, group_size, torch.bfloat16, "cuda")
+    fused = copy.deepcopy(reference)
+    use_fused(fused)
+    x = _inputs(torch.bfloat16, "cuda")
+    grad = torch.randn(3, 37, 192, device="cuda", dtype=torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        runs = _run(fused, x, grad), _run(reference, x, grad)
+    for ours, theirs in zip(*runs):
+        _close(ours, theirs, "cuda")
+        assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scheme", ["8da4w", "4w"])
 def test_frozen_weight_without_bias_gets_no_weight_gradient(device, scheme):

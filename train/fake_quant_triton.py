@@ -32,6 +32,19 @@ def _bf16(x):
 
 
 @triton.jit
+def _inverse(scale, FP32_INVERSE: tl.constexpr):
+    # ``1.0 / scale`` is a reciprocal: bf16 in eager, fp32 under CUDA autocast (it is on autocast's fp32
+    # list), and then the product with it is fp32 too. The Trainer trains under autocast.
+    inverse = tl.div_rn(1.0, scale)
+    return inverse if FP32_INVERSE else _bf16(inverse)
+
+
+@triton.jit
+def _product(x, inverse, FP32_INVERSE: tl.constexpr):
+    return x * inverse if FP32_INVERSE else _bf16(x * inverse)
+
+
+@triton.jit
 def _rint(x):
     # Round half to even, as torch.round: adding 1.5 * 2**23 leaves no fraction bits, and IEEE addition rounds
     # to nearest even (exact for |x| < 2**22; here |x| <= 2**8). Plain arithmetic also runs in Triton's
@@ -42,7 +55,7 @@ def _rint(x):
 @triton.jit
 def _per_token_kernel(x_ptr, grad_ptr, fq_ptr, grad_x_ptr, K,
                       QMIN: tl.constexpr, QMAX: tl.constexpr, INV_RANGE: tl.constexpr, EPS: tl.constexpr,
-                      BLOCK: tl.constexpr, WRITE_FQ: tl.constexpr, WRITE_GRAD: tl.constexpr):
+                      BLOCK: tl.constexpr, WRITE_FQ: tl.constexpr, WRITE_GRAD: tl.constexpr, FP32_INVERSE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     valid = cols < K
@@ -53,8 +66,10 @@ def _per_token_kernel(x_ptr, grad_ptr, fq_ptr, grad_x_ptr, K,
     scale = tl.maximum(_bf16(_bf16(max_pos - min_neg) * INV_RANGE), EPS)
     zero_point = _bf16(QMIN - _rint(_bf16(tl.div_rn(min_neg, scale))))
     zero_point = tl.minimum(tl.maximum(zero_point, QMIN), QMAX)
-    inverse = _bf16(tl.div_rn(1.0, scale))
-    unclamped = _bf16(_rint(_bf16(x * inverse)) + zero_point)
+    inverse = _inverse(scale, FP32_INVERSE)
+    unclamped = _rint(_product(x, inverse, FP32_INVERSE)) + zero_point
+    if not FP32_INVERSE:
+        unclamped = _bf16(unclamped)
     if WRITE_FQ:
         q = tl.minimum(tl.maximum(unclamped, QMIN), QMAX)
         tl.store(fq_ptr + offsets, _bf16((q - zero_point) * scale).to(tl.bfloat16), mask=valid)
@@ -68,7 +83,8 @@ def _per_token_kernel(x_ptr, grad_ptr, fq_ptr, grad_x_ptr, K,
 @triton.jit
 def _per_group_kernel(w_ptr, grad_ptr, out_ptr, n_groups, G,
                       QMAX: tl.constexpr, QMIN: tl.constexpr, INV_HALF_RANGE: tl.constexpr, EPS: tl.constexpr,
-                      BLOCK_GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, BACKWARD: tl.constexpr):
+                      BLOCK_GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, BACKWARD: tl.constexpr,
+                      FP32_INVERSE: tl.constexpr):
     groups = tl.program_id(0) * BLOCK_GROUPS + tl.arange(0, BLOCK_GROUPS)[:, None]
     cols = tl.arange(0, BLOCK_G)[None, :]
     valid = (groups < n_groups) & (cols < G)
@@ -77,8 +93,8 @@ def _per_group_kernel(w_ptr, grad_ptr, out_ptr, n_groups, G,
     min_neg = tl.minimum(tl.min(tl.where(valid, w, float("inf")), axis=1), 0.0)[:, None]
     max_pos = tl.maximum(tl.max(tl.where(valid, w, float("-inf")), axis=1), 0.0)[:, None]
     scale = tl.maximum(_bf16(tl.maximum(-min_neg, max_pos) * INV_HALF_RANGE), EPS)
-    inverse = _bf16(tl.div_rn(1.0, scale))
-    unclamped = _rint(_bf16(w * inverse))
+    inverse = _inverse(scale, FP32_INVERSE)
+    unclamped = _rint(_product(w, inverse, FP32_INVERSE))
     if BACKWARD:
         grad = tl.load(grad_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
         in_range = (unclamped >= QMIN) & (unclamped <= QMAX)
@@ -140,8 +156,10 @@ def applies(x_dtype: torch.dtype, in_features: int, group_size: int) -> bool:
     return x_dtype == torch.bfloat16 and in_features <= MAX_ROW and group_size <= MAX_ROW
 
 
-def per_token(x2d: torch.Tensor, qmin: int, qmax: int, grad: torch.Tensor | None = None, want_fq: bool = True):
-    """(fake-quantized x or None, gradient of x or None) for a contiguous bf16 (tokens, features) tensor."""
+def per_token(x2d: torch.Tensor, qmin: int, qmax: int, grad: torch.Tensor | None = None, want_fq: bool = True,
+              fp32_inverse: bool = False):
+    """(fake-quantized x or None, gradient of x or None) for a contiguous bf16 (tokens, features) tensor;
+    ``fp32_inverse``: as torchao computes under CUDA autocast."""
     rows, k = x2d.shape
     fq = torch.empty_like(x2d) if want_fq else None
     grad_x = torch.empty_like(x2d) if grad is not None else None
@@ -149,12 +167,13 @@ def per_token(x2d: torch.Tensor, qmin: int, qmax: int, grad: torch.Tensor | None
     _per_token_launcher((rows,),
         x2d, grad if grad is not None else x2d, fq if want_fq else x2d, grad_x if grad is not None else x2d, k,
         QMIN=qmin, QMAX=qmax, INV_RANGE=_fp32_reciprocal(qmax - qmin), EPS=_EPS, BLOCK=block,
-        WRITE_FQ=want_fq, WRITE_GRAD=grad is not None, num_warps=_warps(block),
+        WRITE_FQ=want_fq, WRITE_GRAD=grad is not None, FP32_INVERSE=fp32_inverse, num_warps=_warps(block),
     )
     return fq, grad_x
 
 
-def per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torch.Tensor | None = None):
+def per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torch.Tensor | None = None,
+              fp32_inverse: bool = False):
     """The fake-quantized weight, or (with ``grad``, the gradient of that) the weight's gradient."""
     w = w.contiguous()
     n_groups = w.numel() // group_size
@@ -164,6 +183,7 @@ def per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torc
     _per_group_launcher((triton.cdiv(n_groups, block_groups),),
         w, grad if grad is not None else w, out, n_groups, group_size,
         QMAX=qmax, QMIN=qmin, INV_HALF_RANGE=_fp32_reciprocal((qmax - qmin) / 2), EPS=_EPS,
-        BLOCK_GROUPS=block_groups, BLOCK_G=block_g, BACKWARD=grad is not None, num_warps=_warps(block_groups * block_g),
+        BLOCK_GROUPS=block_groups, BLOCK_G=block_g, BACKWARD=grad is not None, FP32_INVERSE=fp32_inverse,
+        num_warps=_warps(block_groups * block_g),
     )
     return out

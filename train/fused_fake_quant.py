@@ -111,13 +111,19 @@ def _triton_kernels(x: torch.Tensor, weight: torch.Tensor, spec: FusedSpec):
     return fake_quant_triton if fake_quant_triton.applies(x.dtype, weight.shape[1], spec.group_size) else None
 
 
+def fp32_inverse(t: torch.Tensor) -> bool:
+    """Whether torchao's ``1.0 / scale`` runs in fp32 here: CUDA autocast puts reciprocals on its fp32 list.
+    The eager functions follow autocast by themselves; the kernels are told."""
+    return t.is_cuda and torch.is_autocast_enabled("cuda")
+
+
 def fake_quantized_weight(weight: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
     """The weight's fake-quantized copy (no autograd history: its gradient is taken in linear_backward)."""
     kernels = _triton_kernels(weight, weight, spec)
     with torch.no_grad():
         if kernels is None:
             return fake_quant_per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
-        return kernels.per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
+        return kernels.per_group(weight.detach(), spec.group_size, *spec.weight_bounds, fp32_inverse=fp32_inverse(weight))
 
 
 def linear_forward(x2d, fq_weight, bias, spec: FusedSpec):
@@ -127,13 +133,14 @@ def linear_forward(x2d, fq_weight, bias, spec: FusedSpec):
     elif kernels is None:
         fq_x = fake_quant_per_token(x2d, *spec.act_bounds)
     else:
-        fq_x = kernels.per_token(x2d, *spec.act_bounds)[0]
+        fq_x = kernels.per_token(x2d, *spec.act_bounds, fp32_inverse=fp32_inverse(x2d))[0]
     return F.linear(fq_x, fq_weight, bias)
 
 
 def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: bool, need_weight: bool, need_bias: bool):
     """Gradients of input, weight and bias; ``weight`` is None when frozen, ``x2d`` when nothing needs it."""
     kernels = _triton_kernels(grad2d, fq_weight, spec)
+    autocast = fp32_inverse(grad2d)  # the backward runs under the forward's autocast state (custom_bwd)
     grad_x = grad_w = grad_b = fq_x = None
     if need_x:
         grad_fq_x = grad2d @ fq_weight
@@ -142,16 +149,18 @@ def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: boo
         elif kernels is None:
             grad_x = fake_quant_per_token_backward(x2d, grad_fq_x, *spec.act_bounds)
         else:  # one pass writes the input's gradient and, if the weight needs it, the input's fake-quantized copy
-            fq_x, grad_x = kernels.per_token(x2d, *spec.act_bounds, grad=grad_fq_x, want_fq=need_weight)
+            fq_x, grad_x = kernels.per_token(x2d, *spec.act_bounds, grad=grad_fq_x, want_fq=need_weight,
+                                             fp32_inverse=autocast)
     if need_weight:
         if fq_x is None:
             fq_x = x2d if not spec.act_bounds else (
-                fake_quant_per_token(x2d, *spec.act_bounds) if kernels is None else kernels.per_token(x2d, *spec.act_bounds)[0])
+                fake_quant_per_token(x2d, *spec.act_bounds) if kernels is None
+                else kernels.per_token(x2d, *spec.act_bounds, fp32_inverse=autocast)[0])
         grad_fq_w = grad2d.t() @ fq_x
         if kernels is None:
             grad_w = fake_quant_per_group_backward(weight, grad_fq_w, spec.group_size, *spec.weight_bounds)
         else:
-            grad_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds, grad=grad_fq_w)
+            grad_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds, grad=grad_fq_w, fp32_inverse=autocast)
     if need_bias:
         grad_b = grad2d.sum(0)
     return grad_x, grad_w, grad_b

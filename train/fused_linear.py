@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from edgeqat.train.fused_fake_quant import FusedSpec, fake_quantized_weight, fused_fake_quantized_linear
+from edgeqat.train.fused_fake_quant import FusedSpec, fake_quantized_weight, fp32_inverse, fused_fake_quantized_linear
 
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
 # Optimizer steps so far, of any optimizer. Fused optimizers (AdamW(fused=True), the Trainer's default on
@@ -89,7 +89,7 @@ class FusedFakeQuantizedLinear(_fake_quantized_linear_class()):
     def _fake_quantized_weight(self) -> torch.Tensor:
         """Made again only when the weight may have changed: an optimizer step, or any in-place change."""
         w = self.weight
-        key = (_optimizer_steps[0], w._version, w.data_ptr(), w.dtype, w.device)
+        key = (_optimizer_steps[0], w._version, w.data_ptr(), w.dtype, w.device, fp32_inverse(w))
         if getattr(self, "_fq_weight_key", None) != key:
             self._fq_weight = fake_quantized_weight(w, self.fused_spec)
             self._fq_weight_key = key
