@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 MAX_ROW = 16384  # longest row (in_features, or a per-channel group) one program holds in registers
 
@@ -45,17 +46,21 @@ def _product(x, inverse, FP32_INVERSE: tl.constexpr):
 
 
 @triton.jit
-def _rint(x):
-    # Round half to even, as torch.round: adding 1.5 * 2**23 leaves no fraction bits, and IEEE addition rounds
-    # to nearest even (exact for |x| < 2**22; here |x| <= 2**8). Plain arithmetic also runs in Triton's
-    # interpreter, which has no libdevice.
-    return (x + 12582912.0) - 12582912.0
+def _rint(x, INTERPRET: tl.constexpr):
+    # Round half to even, as torch.round. Triton's interpreter has no libdevice; there, adding 1.5 * 2**23
+    # leaves no fraction bits and IEEE addition rounds to nearest even (exact for |x| < 2**22). Compiled,
+    # that trick could be contracted with a preceding multiply into an FMA, so libdevice's rint is used.
+    if INTERPRET:
+        return (x + 12582912.0) - 12582912.0
+    else:
+        return libdevice.rint(x)
 
 
 @triton.jit
 def _per_token_kernel(x_ptr, grad_ptr, fq_ptr, grad_x_ptr, K,
                       QMIN: tl.constexpr, QMAX: tl.constexpr, INV_RANGE: tl.constexpr, EPS: tl.constexpr,
-                      BLOCK: tl.constexpr, WRITE_FQ: tl.constexpr, WRITE_GRAD: tl.constexpr, FP32_INVERSE: tl.constexpr):
+                      BLOCK: tl.constexpr, WRITE_FQ: tl.constexpr, WRITE_GRAD: tl.constexpr, FP32_INVERSE: tl.constexpr,
+                      INTERPRET: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     valid = cols < K
@@ -64,10 +69,10 @@ def _per_token_kernel(x_ptr, grad_ptr, fq_ptr, grad_x_ptr, K,
     min_neg = tl.minimum(tl.min(tl.where(valid, x, float("inf")), axis=0), 0.0)
     max_pos = tl.maximum(tl.max(tl.where(valid, x, float("-inf")), axis=0), 0.0)
     scale = tl.maximum(_bf16(_bf16(max_pos - min_neg) * INV_RANGE), EPS)
-    zero_point = _bf16(QMIN - _rint(_bf16(tl.div_rn(min_neg, scale))))
+    zero_point = _bf16(QMIN - _rint(_bf16(tl.div_rn(min_neg, scale)), INTERPRET))
     zero_point = tl.minimum(tl.maximum(zero_point, QMIN), QMAX)
     inverse = _inverse(scale, FP32_INVERSE)
-    unclamped = _rint(_product(x, inverse, FP32_INVERSE)) + zero_point
+    unclamped = _rint(_product(x, inverse, FP32_INVERSE), INTERPRET) + zero_point
     if not FP32_INVERSE:
         unclamped = _bf16(unclamped)
     if WRITE_FQ:
@@ -84,7 +89,7 @@ def _per_token_kernel(x_ptr, grad_ptr, fq_ptr, grad_x_ptr, K,
 def _per_group_kernel(w_ptr, grad_ptr, out_ptr, n_groups, G,
                       QMAX: tl.constexpr, QMIN: tl.constexpr, INV_HALF_RANGE: tl.constexpr, EPS: tl.constexpr,
                       BLOCK_GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, BACKWARD: tl.constexpr,
-                      FP32_INVERSE: tl.constexpr):
+                      FP32_INVERSE: tl.constexpr, INTERPRET: tl.constexpr):
     groups = tl.program_id(0) * BLOCK_GROUPS + tl.arange(0, BLOCK_GROUPS)[:, None]
     cols = tl.arange(0, BLOCK_G)[None, :]
     valid = (groups < n_groups) & (cols < G)
@@ -94,7 +99,7 @@ def _per_group_kernel(w_ptr, grad_ptr, out_ptr, n_groups, G,
     max_pos = tl.maximum(tl.max(tl.where(valid, w, float("-inf")), axis=1), 0.0)[:, None]
     scale = tl.maximum(_bf16(tl.maximum(-min_neg, max_pos) * INV_HALF_RANGE), EPS)
     inverse = _inverse(scale, FP32_INVERSE)
-    unclamped = _rint(_product(w, inverse, FP32_INVERSE))
+    unclamped = _rint(_product(w, inverse, FP32_INVERSE), INTERPRET)
     if BACKWARD:
         grad = tl.load(grad_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
         in_range = (unclamped >= QMIN) & (unclamped <= QMAX)
@@ -167,7 +172,8 @@ def per_token(x2d: torch.Tensor, qmin: int, qmax: int, grad: torch.Tensor | None
     _per_token_launcher((rows,),
         x2d, grad if grad is not None else x2d, fq if want_fq else x2d, grad_x if grad is not None else x2d, k,
         QMIN=qmin, QMAX=qmax, INV_RANGE=_fp32_reciprocal(qmax - qmin), EPS=_EPS, BLOCK=block,
-        WRITE_FQ=want_fq, WRITE_GRAD=grad is not None, FP32_INVERSE=fp32_inverse, num_warps=_warps(block),
+        WRITE_FQ=want_fq, WRITE_GRAD=grad is not None, FP32_INVERSE=fp32_inverse, INTERPRET=not x2d.is_cuda,
+        num_warps=_warps(block),
     )
     return fq, grad_x
 
@@ -183,7 +189,7 @@ def per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torc
     _per_group_launcher((triton.cdiv(n_groups, block_groups),),
         w, grad if grad is not None else w, out, n_groups, group_size,
         QMAX=qmax, QMIN=qmin, INV_HALF_RANGE=_fp32_reciprocal((qmax - qmin) / 2), EPS=_EPS,
-        BLOCK_GROUPS=block_groups, BLOCK_G=block_g, BACKWARD=grad is not None, FP32_INVERSE=fp32_inverse,
+        BLOCK_GROUPS=block_groups, BLOCK_G=block_g, BACKWARD=grad is not None, FP32_INVERSE=fp32_inverse, INTERPRET=not w.is_cuda,
         num_warps=_warps(block_groups * block_g),
     )
     return out
