@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from edgeqat import __version__
+from edgeqat.config import FAKE_QUANT_KERNELS, MODES
 from edgeqat.errors import EdgeqatError
 
 log = logging.getLogger("edgeqat")
@@ -61,7 +62,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", dest="train.dataset", help="hub id or local .jsonl/.parquet/.txt (default: embedded)")
     g.add_argument("--text-column", dest="train.text_column")
     g.add_argument("--dataset-split", dest="train.dataset_split", help="split of a hub dataset (default: train)")
-    g.add_argument("--mode", dest="train.mode", choices=["qat", "bf16", "ptq"])
+    g.add_argument("--mode", dest="train.mode", choices=MODES)
     g.add_argument("--lora-rank", dest="train.lora_rank", type=int, help="0 = full fine-tuning")
     g.add_argument("--max-steps", dest="train.max_steps", type=int)
     g.add_argument("--batch-size", dest="train.batch_size", type=int)
@@ -74,7 +75,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-steps", dest="train.save_steps", type=int, help="a resumable checkpoint every N steps")
     g.add_argument("--device", dest="train.device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--seed", dest="train.seed", type=int)
-    g.add_argument("--fake-quant-kernels", dest="train.fake_quant_kernels", choices=["auto", "fused", "torchao"],
+    g.add_argument("--fake-quant-kernels", dest="train.fake_quant_kernels", choices=FAKE_QUANT_KERNELS,
                    help="QAT fake quantization: fused kernels (auto: on CUDA) or torchao's eager quantizers")
     q = p.add_argument_group("quantization")
     q.add_argument("--scheme", dest="quant.scheme", help="8da4w (default), 8da8w or 4w")

@@ -6,8 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeqat.errors import EdgeqatError
-from edgeqat.runtime_check.native_output import held_stderr, stdout_to_stderr
+from edgeqat.runtime_check.native_output import native_errors, stdout_to_stderr
 
 
 @dataclass
@@ -24,15 +23,8 @@ def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_toke
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     bundle_dir = Path(bundle_dir)
-    with held_stderr() as native:
-        try:
-            runner = TextLLMRunner(str(bundle_dir / manifest["program"]), str(bundle_dir / manifest["tokenizer"]))
-        except RuntimeError as e:
-            failure = e
-        else:
-            failure = None
-    if failure is not None:
-        raise EdgeqatError(f"ExecuTorch's LLM runner cannot load the bundle: {native.reason() or failure}") from None
+    with native_errors(lambda why: f"ExecuTorch's LLM runner cannot load the bundle: {why}"):
+        runner = TextLLMRunner(str(bundle_dir / manifest["program"]), str(bundle_dir / manifest["tokenizer"]))
     pieces: list[str] = []
     stats: list = []
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False, num_bos=0, num_eos=0)

@@ -13,6 +13,9 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Callable
+
+from edgeqat.errors import EdgeqatError
 
 
 @contextlib.contextmanager
@@ -60,3 +63,17 @@ def held_stderr():
             os.close(saved)
             held.seek(0)
             log.text = held.read().decode(errors="replace") + python_side.getvalue()
+
+
+@contextlib.contextmanager
+def native_errors(describe: Callable[[str], str], errors: tuple[type[BaseException], ...] = (RuntimeError,)):
+    """Runs the block with native stderr held; one of ``errors`` becomes an EdgeqatError whose message is
+    ``describe(reason)``, the reason being the held native log on one line (or the exception's text)."""
+    failure = None
+    with held_stderr() as native:
+        try:
+            yield native
+        except errors as e:
+            failure = e
+    if failure is not None:
+        raise EdgeqatError(describe(native.reason() or str(failure))) from None

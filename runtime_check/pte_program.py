@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from edgeqat.errors import EdgeqatError
-from edgeqat.runtime_check.native_output import held_stderr
+from edgeqat.runtime_check.native_output import native_errors
 
 log = logging.getLogger("edgeqat")
 
@@ -21,15 +21,10 @@ class PteProgram:
         from executorch.runtime import Runtime
 
         path = Path(bundle_dir) / manifest["program"]
-        failure = None
-        with held_stderr() as native:
-            try:
-                self._program = Runtime.get().load_program(path)
-                self._method = self._program.load_method(manifest["export"]["method"])
-            except (RuntimeError, ValueError) as e:
-                failure = e
-        if failure is not None:
-            raise EdgeqatError(f"ExecuTorch cannot load {path}: {native.reason() or failure}; re-export the bundle") from None
+        with native_errors(lambda why: f"ExecuTorch cannot load {path}: {why}; re-export the bundle",
+                           (RuntimeError, ValueError)) as native:
+            self._program = Runtime.get().load_program(path)
+            self._method = self._program.load_method(manifest["export"]["method"])
         if native.text.strip():
             log.debug("ExecuTorch: %s", native.text.strip())
         self.max_seq_len = self._constant("get_max_seq_len")
