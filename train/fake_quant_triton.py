@@ -87,7 +87,7 @@ def _per_token_kernel(x_ptr, grad_ptr, fq_ptr, grad_x_ptr, K,
 
 @triton.jit
 def _per_group_kernel(w_ptr, grad_ptr, out_ptr, n_groups, G,
-                      QMAX: tl.constexpr, QMIN: tl.constexpr, INV_HALF_RANGE: tl.constexpr, EPS: tl.constexpr,
+                      QMIN: tl.constexpr, QMAX: tl.constexpr, INV_HALF_RANGE: tl.constexpr, EPS: tl.constexpr,
                       BLOCK_GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, BACKWARD: tl.constexpr,
                       FP32_INVERSE: tl.constexpr, INTERPRET: tl.constexpr):
     groups = tl.program_id(0) * BLOCK_GROUPS + tl.arange(0, BLOCK_GROUPS)[:, None]
@@ -188,7 +188,7 @@ def per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torc
     out = torch.empty_like(w)
     _per_group_launcher((triton.cdiv(n_groups, block_groups),),
         w, grad if grad is not None else w, out, n_groups, group_size,
-        QMAX=qmax, QMIN=qmin, INV_HALF_RANGE=_fp32_reciprocal((qmax - qmin) / 2), EPS=_EPS,
+        QMIN=qmin, QMAX=qmax, INV_HALF_RANGE=_fp32_reciprocal((qmax - qmin) / 2), EPS=_EPS,
         BLOCK_GROUPS=block_groups, BLOCK_G=block_g, BACKWARD=grad is not None, FP32_INVERSE=fp32_inverse, INTERPRET=not w.is_cuda,
         num_warps=_warps(block_groups * block_g),
     )

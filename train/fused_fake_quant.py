@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+
 class FusedSpec(NamedTuple):
     """What one fused linear computes: activation bounds (None: weight-only) and weight bounds and group."""
 
@@ -100,15 +101,21 @@ def fake_quant_per_group_backward(w: torch.Tensor, grad: torch.Tensor, group_siz
 # ---- the linear: Triton kernels for bf16 on CUDA, the functions above elsewhere -----------------------------
 
 
+_kernel_module: list = []  # [module or None] once looked up: this runs on every linear's forward and backward
+
+
 def _triton_kernels(x: torch.Tensor, weight: torch.Tensor, spec: FusedSpec):
     """The Triton kernel module when it applies to this call, else None (then the eager functions run)."""
     if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") or weight.dtype != x.dtype:
         return None
-    try:
-        from edgeqat.train import fake_quant_triton
-    except ImportError:  # no Triton (CPU-only torch)
-        return None
-    return fake_quant_triton if fake_quant_triton.applies(x.dtype, weight.shape[1], spec.group_size) else None
+    if not _kernel_module:
+        try:
+            from edgeqat.train import fake_quant_triton
+        except ImportError:  # no Triton (CPU-only torch)
+            fake_quant_triton = None
+        _kernel_module.append(fake_quant_triton)
+    kernels = _kernel_module[0]
+    return kernels if kernels is not None and kernels.applies(x.dtype, weight.shape[1], spec.group_size) else None
 
 
 def fp32_inverse(t: torch.Tensor) -> bool:
@@ -126,14 +133,16 @@ def fake_quantized_weight(weight: torch.Tensor, spec: FusedSpec) -> torch.Tensor
         return kernels.per_group(weight.detach(), spec.group_size, *spec.weight_bounds, fp32_inverse=fp32_inverse(weight))
 
 
-def linear_forward(x2d, fq_weight, bias, spec: FusedSpec):
-    kernels = _triton_kernels(x2d, fq_weight, spec)
+def _fake_quantized_input(x2d, spec: FusedSpec, kernels, autocast: bool):
     if not spec.act_bounds:
-        fq_x = x2d
-    elif kernels is None:
-        fq_x = fake_quant_per_token(x2d, *spec.act_bounds)
-    else:
-        fq_x = kernels.per_token(x2d, *spec.act_bounds, fp32_inverse=fp32_inverse(x2d))[0]
+        return x2d
+    if kernels is None:
+        return fake_quant_per_token(x2d, *spec.act_bounds)
+    return kernels.per_token(x2d, *spec.act_bounds, fp32_inverse=autocast)[0]
+
+
+def linear_forward(x2d, fq_weight, bias, spec: FusedSpec):
+    fq_x = _fake_quantized_input(x2d, spec, _triton_kernels(x2d, fq_weight, spec), fp32_inverse(x2d))
     return F.linear(fq_x, fq_weight, bias)
 
 
@@ -153,9 +162,7 @@ def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: boo
                                              fp32_inverse=autocast)
     if need_weight:
         if fq_x is None:
-            fq_x = x2d if not spec.act_bounds else (
-                fake_quant_per_token(x2d, *spec.act_bounds) if kernels is None
-                else kernels.per_token(x2d, *spec.act_bounds, fp32_inverse=autocast)[0])
+            fq_x = _fake_quantized_input(x2d, spec, kernels, autocast)
         grad_fq_w = grad2d.t() @ fq_x
         if kernels is None:
             grad_w = fake_quant_per_group_backward(weight, grad_fq_w, spec.group_size, *spec.weight_bounds)
