@@ -1,8 +1,14 @@
-"""Shared by the bad-input suites: an isolated working folder, and running the CLI expecting a user error."""
+"""Shared by the suites: an isolated working folder, running the CLI expecting a user error, and killing
+a command once it has reached a given point."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import datasets
 import pytest
@@ -48,3 +54,19 @@ def run_cli(capsys, *argv: str, after_progress: bool = False) -> str:
     assert not any(line.startswith("edgeqat: error: ") for line in lines[:-1]), captured.err
     assert "internal error" not in lines[-1]
     return lines[-1]
+
+
+def kill_when_ready(command: list[str], ready: Path, delay: float) -> int:
+    """Starts ``command``, waits until ``ready`` exists, lets it run ``delay`` seconds more, then SIGKILLs it.
+
+    Returns its exit code (-SIGKILL). The command must still be running when ``ready`` appears.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 600
+    while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, f"the command ended before {ready} appeared"
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    return process.wait()

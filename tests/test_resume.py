@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from conftest import kill_when_ready
 
 from edgeqat.artifacts import read_record
 from edgeqat.train.checkpointing import COMPLETE, progress_dir
@@ -22,20 +22,13 @@ TRAIN = ["train", "--max-steps", "6", "--save-steps", "2", "--max-length", "64",
 
 def _train(output: Path, *extra: str, kill_after_checkpoint: int | None = None, delay: float = 0.0) -> int:
     command = [sys.executable, "-m", "edgeqat", *TRAIN, "--output", str(output), *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
     if kill_after_checkpoint is None:
-        _, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
         return 0
     marker = progress_dir(output) / f"checkpoint-{kill_after_checkpoint}" / COMPLETE
-    deadline = time.monotonic() + 600
-    while not marker.is_file() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(delay)  # somewhere in the steps after it, possibly in the middle of the next save
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return process.returncode
+    # Killed somewhere in the steps after that checkpoint, possibly in the middle of the next save.
+    return kill_when_ready(command, marker, delay)
 
 
 def _final_loss(output: Path) -> float:

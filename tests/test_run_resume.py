@@ -11,10 +11,11 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from conftest import kill_when_ready
 
 from edgeqat.artifacts import read_record, verify_files
 from edgeqat.manifest import load_bundle
@@ -36,15 +37,7 @@ def _run(output: Path, *extra: str) -> str:
 
 
 def _kill_once(output: Path, ready: Path, delay: float) -> None:
-    """Starts the pipeline, waits until ``ready`` exists, lets it run ``delay`` seconds more, then SIGKILLs it."""
-    process = subprocess.Popen(_command(output, "--resume"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert process.poll() is None, f"the pipeline ended before {ready} appeared"
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    assert kill_when_ready(_command(output, "--resume"), ready, delay) == -signal.SIGKILL
 
 
 def _golden_ids(output: Path) -> list[list[int]]:
