@@ -26,6 +26,7 @@ from shaped_model import SHAPES, build_model  # noqa: E402
 from edgeqat.artifacts import versions, write_json_atomic  # noqa: E402
 from edgeqat.config import QuantConfig  # noqa: E402
 from edgeqat.train.finetune import _add_lora  # noqa: E402
+from edgeqat.train.host_overhead import calling_thread_backward  # noqa: E402
 from edgeqat.train.quantize import prepare_qat  # noqa: E402
 
 GIB = 1024**3
@@ -80,13 +81,16 @@ def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None,
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    _sync(device)
+    # The backward runs where `edgeqat train` runs it (on the calling thread, see train/host_overhead.py),
+    # unless --worker-thread-backward asks for autograd's default.
+    with calling_thread_backward(device if not args.worker_thread_backward else torch.device("cpu")):
+        for _ in range(args.warmup):
+            step()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        _sync(device)
     seconds = (time.perf_counter() - start) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
     if args.profile:
@@ -115,6 +119,8 @@ def main() -> None:
     parser.add_argument("--schemes", default="8da4w,4w")
     parser.add_argument("--kernels", default="torchao,fused", help="fake-quant kernels to time: torchao,fused")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--worker-thread-backward", action="store_true",
+                        help="run CUDA backward passes on autograd's worker thread (its default), not the calling thread")
     parser.add_argument("--profile", type=Path, help="write the profiler's table of each run into this folder")
     parser.add_argument("--json", type=Path, default=Path("qat_overhead.json"))
     args = parser.parse_args()
@@ -138,7 +144,8 @@ def main() -> None:
     name = args.preset or args.model
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{name}, batch {args.batch} x {args.seq_len} tokens, AdamW, {args.steps} timed steps after {args.warmup}, "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, {gpu}\n")
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+          f"backward on the {'worker' if args.worker_thread_backward else 'calling'} thread, {gpu}\n")
     print("| fine-tuning | run | fake quant | s/step | tokens/s | × bf16 | peak GiB | + GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -184,3 +184,15 @@ def test_weight_is_fake_quantized_once_per_optimizer_step(fused_adamw):
     reference = _prepared("8da4w", 32, torch.float32, "cpu")
     reference[0].load_state_dict(linear.state_dict())
     assert torch.equal(linear._fq_weight, reference[0].weight_fake_quantizer(reference[0].weight).detach())
+
+
+def test_cuda_training_runs_backward_on_the_calling_thread():
+    """`edgeqat train` turns autograd's worker thread off on CUDA (train/host_overhead.py) and back on after."""
+    from edgeqat.train.host_overhead import calling_thread_backward
+
+    assert torch.autograd.is_multithreading_enabled()
+    with calling_thread_backward(torch.device("cuda")):  # only a flag: no GPU needed to test it
+        assert not torch.autograd.is_multithreading_enabled()
+    assert torch.autograd.is_multithreading_enabled()
+    with calling_thread_backward(torch.device("cpu")):
+        assert torch.autograd.is_multithreading_enabled()

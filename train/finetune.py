@@ -31,6 +31,7 @@ from edgeqat.train.checkpointing import (
     start_progress,
 )
 from edgeqat.train.data import load_text_dataset
+from edgeqat.train.host_overhead import calling_thread_backward
 from edgeqat.train.memory_estimate import GIB, check_fits
 from edgeqat.train.model_loading import (
     is_main_process,
@@ -175,7 +176,8 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
             tc.max_length, tc.max_steps, memory_floor / GIB,
         )
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with calling_thread_backward(device):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     history = trainer.state.log_history
