@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from edgeqat import __version__
-from edgeqat.config import FAKE_QUANT_KERNELS, MODES
+from edgeqat.config import FAKE_QUANT_KERNELS, MODES, REFERENCE_DEVICES
 from edgeqat.errors import EdgeqatError
 
 log = logging.getLogger("edgeqat")
@@ -98,6 +98,13 @@ def _add_check_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-top1", dest="check.thresholds.min_top1_agreement", type=float)
     p.add_argument("--max-ppl-increase", dest="check.thresholds.max_perplexity_increase", type=float)
     p.add_argument("--min-golden-agreement", dest="check.thresholds.min_golden_token_agreement", type=float)
+    p.add_argument("--threads", dest="check.threads", type=int, help="ExecuTorch threads for the .pte's timing (default 4)")
+    p.add_argument("--reference-device", dest="check.reference_device", choices=REFERENCE_DEVICES,
+                   help="where the GPU references run (auto: cuda when present)")
+    p.add_argument("--prompt", dest="check.prompts", action="append", help="a prompt to generate side by side (repeatable)")
+    p.add_argument("--debug-layers", dest="check.layer_debug", action="store_const", const="always",
+                   help="compare every layer of the .pte with eager even when the gates pass")
+    p.add_argument("--device-profiles", dest="check.device_profiles", help="YAML of extra device profiles for the estimates")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="converted checkpoint to compare with (default: from the manifest)")
     p.add_argument("--unquantized", help="unquantized checkpoint (default: the converted model's source)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
+    p.add_argument("--device-results", action="append", default=[], metavar="FILE",
+                   help="benchmark results written by the demo apps (docs/device_results.md); repeatable")
     _add_check_options(p)
     return parser
 
@@ -200,7 +209,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeqat.runtime_check.report import print_table
 
         output = args.output or str(Path(args.bundle).resolve().parent / "report")
-        report = check(args.bundle, output, config.check, args.reference, args.unquantized)
+        report = check(args.bundle, output, config.check, args.reference, args.unquantized, args.device_results)
         if args.json:
             print(json.dumps(report, indent=2))
         else:

@@ -81,11 +81,20 @@ class Thresholds:
     min_golden_token_agreement: float = 0.9  # share of golden greedy tokens the .pte reproduces
 
 
+LAYER_DEBUG = ("on_failure", "always", "never")
+REFERENCE_DEVICES = ("auto", "cpu", "cuda")
+
+
 @dataclass
 class CheckConfig:
     eval_dataset: str = DEFAULT  # held-out text; "default" is the embedded held-out set
     eval_windows: int = 8
     decode_tokens: int = 32
+    threads: int = 4  # ExecuTorch's thread pool for the .pte's timing: a phone's big cores
+    reference_device: str = "auto"  # GPU references (converted, unquantized) on cuda when present; cpu: never
+    prompts: list[str] = field(default_factory=list)  # more prompts to generate side by side (besides golden)
+    layer_debug: str = "on_failure"  # per-layer .pte vs eager comparison: on_failure | always | never
+    device_profiles: str = ""  # YAML of extra device profiles for the decode estimates (docs/device_results.md)
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -212,6 +221,15 @@ def validate(config: RunConfig) -> None:
     if config.train.fake_quant_kernels not in FAKE_QUANT_KERNELS:
         raise EdgeqatError(f"train.fake_quant_kernels must be one of {', '.join(FAKE_QUANT_KERNELS)}, "
                            f"got {config.train.fake_quant_kernels!r}")
+    if config.check.threads < 1 or config.check.eval_windows < 1 or config.check.decode_tokens < 1:
+        raise EdgeqatError("check.threads, check.eval_windows and check.decode_tokens must be at least 1")
+    if config.check.layer_debug not in LAYER_DEBUG:
+        raise EdgeqatError(f"check.layer_debug must be one of {', '.join(LAYER_DEBUG)}, got {config.check.layer_debug!r}")
+    if config.check.reference_device not in REFERENCE_DEVICES:
+        raise EdgeqatError(f"check.reference_device must be one of {', '.join(REFERENCE_DEVICES)}, "
+                           f"got {config.check.reference_device!r}")
+    if config.check.device_profiles and not Path(config.check.device_profiles).is_file():
+        raise EdgeqatError(f"device profiles file not found: {config.check.device_profiles}")
     if config.study.eval_windows < 1:
         raise EdgeqatError("study.eval_windows must be at least 1")
     if config.export.max_seq_len < 2:

@@ -1,17 +1,22 @@
-"""`edgeqat check BUNDLE`: is the `.pte` still the model that was trained, and how fast is it?
+"""`edgeqat check BUNDLE`: is the `.pte` still the model that was trained, and how fast will it be?
 
-Compares the `.pte` (ExecuTorch runtime) with the eager converted model and with the unquantized
-fine-tuned model on held-out text, replays the bundle's golden prompts, times prefill and decode, and
-writes report.json + report.md. Exits non-zero (CheckFailed) when a threshold fails.
+Runs the bundle's `.pte` through ExecuTorch (its forward method for logits, and the C++ LLM runner the
+Android and iOS libraries wrap for text and timing) and compares it with its references: the eager
+converted model on the CPU, and on a GPU when there is one the converted and the unquantized model.
+Times the `.pte` with a phone's thread count, estimates decode speed on device profiles, takes in results
+the demo apps measured, and when a gate fails compares every layer with eager to name where it broke.
+Writes report.json (docs/check_report.md), report.md and report.html. Exits non-zero (CheckFailed) when a
+threshold fails.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
+import os
+import platform
+import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -21,69 +26,125 @@ from edgeqat.errors import CheckFailed, EdgeqatError
 from edgeqat.generation import greedy, prefill_positions
 from edgeqat.manifest import MANIFEST, load_bundle
 from edgeqat.paths import DEFAULT_EVAL_DATA
-from edgeqat.runtime_check import metrics
+from edgeqat.runtime_check import latency, metrics
+from edgeqat.runtime_check.comparison import compare_on_windows, greedy_side_by_side
 from edgeqat.runtime_check.llm_runner import generate_with_runner
 from edgeqat.runtime_check.pte_program import PteProgram
-from edgeqat.runtime_check.report import render_markdown
+from edgeqat.runtime_check.references import CONVERTED_CPU, Reference, load_references
 from edgeqat.train.data import token_windows
 
 log = logging.getLogger("edgeqat")
-Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-REPORT_JSON, REPORT_MD = "report.json", "report.md"
+REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
+REPORT_VERSION = 2
+PROMPT_TOKENS = 128  # the timing prompt, from held-out text (less when max_seq_len is short)
 
 
-def time_forward(forward: Forward, prompt: torch.Tensor, decode_tokens: int, repeats: int = 3) -> dict[str, float]:
-    """Prefill and decode tokens/s (best of ``repeats``) of a KV-cached forward."""
-    prefill, decode = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        logits = forward(prompt[None], prefill_positions(0, len(prompt)))
-        prefill.append(time.perf_counter() - start)
-        token = logits[0, -1].argmax().view(1, 1)
-        start = time.perf_counter()
-        for i in range(decode_tokens):
-            logits = forward(token, prefill_positions(len(prompt) + i, 1))
-            token = logits[0, -1].argmax().view(1, 1)
-        decode.append(time.perf_counter() - start)
-    return {
-        "prefill_tokens": len(prompt),
-        "prefill_tokens_per_s": len(prompt) / min(prefill),
-        "decode_tokens": decode_tokens,
-        "decode_tokens_per_s": decode_tokens / min(decode),
-    }
+def _user_prompts(tokenizer, prompts: list[str], new_tokens: int, max_seq_len: int) -> list[tuple[str, list[int], int]]:
+    """(text, ids, new tokens) of ``check.prompts``; a prompt that leaves no room in the KV cache is refused."""
+    out = []
+    for text in prompts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids or len(ids) >= max_seq_len:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise EdgeqatError(f"prompt {shown!r} is {len(ids)} tokens; the bundle's max_seq_len is {max_seq_len}, so a "
+                               f"prompt must be 1 to {max_seq_len - 1} tokens (shorten it or re-export with a larger "
+                               f"--max-seq-len)")
+        out.append((text, ids, min(new_tokens, max_seq_len - len(ids))))
+    return out
 
 
-def _references(manifest: dict, converted: str | None, unquantized: str | None):
-    """(converted model, tokenizer, unquantized model or None, their folders), from arguments or the manifest.
-
-    The converted model must be the very one the bundle was exported from (its files' sha256s match the
-    manifest), or the comparison would measure the wrong thing.
-    """
-    from transformers import AutoModelForCausalLM
-
-    from edgeqat.train.convert import load_converted, read_checked_record
-
-    converted_dir = Path(converted or manifest.get("source", {}).get("converted", ""))
-    if not (converted_dir / "edgeqat.json").is_file():
-        raise EdgeqatError(
-            f"the converted model behind this bundle was not found ({converted_dir}); pass it with --reference"
-        )
-    record = read_checked_record(converted_dir, "convert")
-    if record["files"] != manifest.get("source", {}).get("converted_files"):
-        raise EdgeqatError(f"{converted_dir} is not the converted model this bundle was exported from (its files differ)")
-    model, tokenizer, _ = load_converted(converted_dir, record)
-    float_dir = Path(unquantized or record.get("source", ""))
-    float_model = None
-    if (float_dir / "config.json").is_file():
-        float_model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32).eval()
-    else:
-        log.warning("unquantized model not found (%s): its columns stay empty", float_dir)
-    return model, tokenizer, float_model, converted_dir, float_dir if float_model is not None else None
+def _golden(pte: PteProgram, bundle_dir: Path, manifest: dict, tokenizer) -> list[dict]:
+    """The bundle's golden outputs (made by the eager model at export) replayed through the `.pte`'s method
+    and through ExecuTorch's LLM runner, the apps' code path."""
+    max_seq_len = manifest["model"]["max_seq_len"]
+    rows = []
+    for g in manifest["golden"]:
+        ids = greedy(pte.forward, g["prompt_ids"], len(g["generated_ids"]), max_seq_len)
+        # Teacher-forced: the .pte's next-token choice along the golden sequence, so one near-tie
+        # does not turn every later token into a mismatch the way free-running greedy does.
+        sequence = torch.tensor(g["prompt_ids"] + g["generated_ids"][:-1])
+        logits = pte.forward(sequence[None], prefill_positions(0, len(sequence)))[0]
+        choices = logits[len(g["prompt_ids"]) - 1 :].argmax(-1).tolist()
+        runner = generate_with_runner(bundle_dir, manifest, g["prompt"], len(g["generated_ids"]))
+        rows.append({
+            "prompt": g["prompt"],
+            "tokens": len(g["generated_ids"]),
+            "pte_prefix_match": metrics.prefix_agreement(ids, g["generated_ids"]),
+            "pte_teacher_forced_match": sum(a == b for a, b in zip(choices, g["generated_ids"])),
+            "eager_text": g["text"],
+            "pte_text": tokenizer.decode(ids),
+            "runner_text": runner.text,
+            "runner_matches_golden": runner.text.strip() == g["text"].strip(),
+        })
+    return rows
 
 
-def _full_logits(model, window: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=window[None]).logits[0]
+def _latency(bundle_dir: Path, manifest: dict, references: list[Reference], prompt: torch.Tensor, tokenizer,
+             config: CheckConfig) -> dict:
+    """One row per thing timed: the `.pte` twice (LLM runner, method) in fresh processes, then the references."""
+    max_seq_len, threads, new = manifest["model"]["max_seq_len"], config.threads, config.decode_tokens
+    ids = prompt.tolist()
+    rows = []
+    for name, mode in ((".pte (LLM runner)", "runner"), (".pte (method)", "method")):
+        log.info("timing the .pte through its %s with %d threads", "LLM runner" if mode == "runner" else "method", threads)
+        row = latency.probe_pte(bundle_dir, manifest, mode, ids, tokenizer.decode(ids), new, threads)
+        rows.append({"name": name, "device": "cpu", **row})
+    for reference in references:
+        forward = reference.cached_forward(max_seq_len)
+        if reference.device.type == "cuda":
+            row = latency.on_gpu(reference.device, lambda sync: latency.time_forward(forward, prompt, new, sync=sync))
+            rows.append({"name": reference.name, "device": "cuda", "peak_rss_mib": None, **row})
+        else:
+            row = latency.with_threads(threads, lambda: latency.time_forward(forward, prompt, new))
+            rows.append({"name": reference.name, "device": "cpu", "threads": threads, "peak_rss_mib": None, **row})
+    return {"threads": threads, "prompt_tokens": len(ids), "decode_tokens": new, "rows": rows}
+
+
+def _device_estimates(bundle_dir: Path, manifest: dict, model, runner_row: dict, config: CheckConfig, results: list) -> dict:
+    from edgeqat.runtime_check.device_estimate import (decode_bytes_per_token, estimate_devices, measure_host_bandwidth,
+                                                       pte_data_bytes)
+    from edgeqat.runtime_check.device_profiles import load_profiles
+    from edgeqat.runtime_check.device_results import attach_measured
+
+    q = manifest["quantization"]
+    per_token = decode_bytes_per_token(pte_data_bytes(bundle_dir / manifest["program"]), model.config.to_dict(),
+                                       q["embedding_bits"], manifest["model"]["max_seq_len"], q["group_size"])
+    bandwidth = measure_host_bandwidth(config.threads)
+    estimates = estimate_devices(per_token, runner_row["decode_tokens_per_s"], bandwidth,
+                                 load_profiles(config.device_profiles or None), config.threads)
+    return attach_measured(estimates, results)
+
+
+def _gates(comparison: dict, golden_agreement: float, config: CheckConfig) -> list[dict]:
+    t, versus = config.thresholds, f"(.pte vs {CONVERTED_CPU})"
+    gates = [
+        {"name": f"logits cosine {versus}", "value": comparison["cosine_mean"], "threshold": t.min_logits_cosine, "op": ">="},
+        {"name": f"top-1 agreement {versus}", "value": comparison["top1_agreement"], "threshold": t.min_top1_agreement, "op": ">="},
+        {"name": f"perplexity increase {versus}", "value": comparison["perplexity_ratio"], "threshold": t.max_perplexity_increase, "op": "<="},
+        {"name": "golden next-token agreement (teacher-forced)", "value": golden_agreement, "threshold": t.min_golden_token_agreement, "op": ">="},
+    ]
+    for gate in gates:
+        gate["passed"] = gate["value"] >= gate["threshold"] if gate["op"] == ">=" else gate["value"] <= gate["threshold"]
+    return gates
+
+
+def _host(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "threads": threads, "gpu": gpu}
+
+
+def _model_facts(manifest: dict, config) -> dict:
+    heads = getattr(config, "num_attention_heads", None)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    return {**{k: manifest["model"][k] for k in ("architecture", "vocab_size", "max_seq_len")},
+            "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
+            "num_key_value_heads": getattr(config, "num_key_value_heads", heads), "head_dim": head_dim}
 
 
 def check(
@@ -92,114 +153,107 @@ def check(
     config: CheckConfig,
     converted: str | None = None,
     unquantized: str | None = None,
+    device_results: list[str] | tuple = (),
 ) -> dict:
-    from edgeqat.export.kv_cache import cached_decoder, eager_forward
+    from edgeqat.runtime_check.device_results import load_device_results
 
     bundle_dir, report_dir = Path(bundle_dir), Path(report_dir)
     ensure_replaceable(report_dir, "check")
     manifest = load_bundle(bundle_dir)
+    manifest_sha, program_sha = sha256_file(bundle_dir / MANIFEST), sha256_file(bundle_dir / manifest["program"])
+    results = [load_device_results(f, manifest_sha, program_sha) for f in device_results]  # bad input before any work
     pte = PteProgram(bundle_dir, manifest)
-    model, tokenizer, float_model, converted_dir, float_dir = _references(manifest, converted, unquantized)
     max_seq_len = manifest["model"]["max_seq_len"]
+    model, tokenizer, references, skipped = load_references(manifest, converted, unquantized, config.reference_device)
+    prompts = [(g["prompt"], g["prompt_ids"], len(g["generated_ids"])) for g in manifest["golden"]]
+    prompts += _user_prompts(tokenizer, config.prompts, config.decode_tokens, max_seq_len)
     windows = token_windows(tokenizer, config.eval_dataset, DEFAULT_EVAL_DATA, config.eval_windows, max_seq_len - 1)
-    log.info("comparing on %d held-out windows of %d tokens", len(windows), len(windows[0]))
+    log.info("comparing with %s on %d held-out windows of %d tokens", ", ".join(r.name for r in references),
+             len(windows), len(windows[0]))
 
-    pte_vs_eager, pte_vs_float, nll = [], [], {"pte": 0.0, "eager": 0.0, "unquantized": 0.0}
-    count = 0
-    for window in windows:
-        pte_logits = pte.forward(window[None], prefill_positions(0, len(window)))[0]
-        eager_logits = _full_logits(model, window)
-        pte_vs_eager.append(metrics.logits_agreement(pte_logits, eager_logits))
-        for name, logits in (("pte", pte_logits), ("eager", eager_logits)):
-            nll[name] += metrics.negative_log_likelihood(logits, window)[0]
-        if float_model is not None:
-            float_logits = _full_logits(float_model, window)
-            pte_vs_float.append(metrics.logits_agreement(pte_logits, float_logits))
-            nll["unquantized"] += metrics.negative_log_likelihood(float_logits, window)[0]
-        count += len(window) - 1
-    ppl = {name: metrics.perplexity(v, count) for name, v in nll.items() if name != "unquantized" or float_model is not None}
-
-    golden = []
-    for g in manifest["golden"]:
-        ids = greedy(pte.forward, g["prompt_ids"], len(g["generated_ids"]), max_seq_len)
-        # Teacher-forced: the .pte's next-token choice along the golden sequence, so one near-tie
-        # does not turn every later token into a mismatch the way free-running greedy does.
-        sequence = torch.tensor(g["prompt_ids"] + g["generated_ids"][:-1])
-        logits = pte.forward(sequence[None], prefill_positions(0, len(sequence)))[0]
-        choices = logits[len(g["prompt_ids"]) - 1 :].argmax(-1).tolist()
-        forced = sum(a == b for a, b in zip(choices, g["generated_ids"]))
-        runner = generate_with_runner(bundle_dir, manifest, g["prompt"], len(g["generated_ids"]))
-        golden.append(
-            {
-                "prompt": g["prompt"],
-                "tokens": len(g["generated_ids"]),
-                "pte_prefix_match": metrics.prefix_agreement(ids, g["generated_ids"]),
-                "pte_teacher_forced_match": forced,
-                "eager_text": g["text"],
-                "pte_text": tokenizer.decode(ids),
-                "runner_text": runner.text,
-                "runner_matches_golden": runner.text.strip() == g["text"].strip(),
-                "runner": runner.__dict__,
-            }
-        )
+    comparisons, pte_ppl = compare_on_windows(pte.forward, references, windows)
+    for name, rows in greedy_side_by_side(pte.forward, references, prompts, tokenizer, max_seq_len).items():
+        comparisons[name]["greedy"] = rows
+    golden = _golden(pte, bundle_dir, manifest, tokenizer)
     golden_agreement = sum(g["pte_teacher_forced_match"] for g in golden) / max(1, sum(g["tokens"] for g in golden))
 
-    prompt = windows[0][: min(128, max_seq_len - config.decode_tokens - 1)]
-    speed = {"pte": time_forward(pte.forward, prompt, config.decode_tokens)}
-    speed["eager"] = time_forward(eager_forward(cached_decoder(model, max_seq_len)), prompt, config.decode_tokens)
+    prompt = windows[0][: max(1, min(PROMPT_TOKENS, max_seq_len - config.decode_tokens - 1))]
+    timing = _latency(bundle_dir, manifest, references, prompt, tokenizer, config)
+    estimates = _device_estimates(bundle_dir, manifest, model, timing["rows"][0], config, results)
 
-    t = config.thresholds
-    agreement = metrics.merge_agreement(pte_vs_eager)
-    ppl_increase = ppl["pte"] / ppl["eager"] - 1
-    gates = [
-        {"name": "logits cosine (.pte vs eager)", "value": agreement["cosine_mean"], "threshold": t.min_logits_cosine, "op": ">="},
-        {"name": "top-1 agreement (.pte vs eager)", "value": agreement["top1_agreement"], "threshold": t.min_top1_agreement, "op": ">="},
-        {"name": "perplexity increase (.pte vs eager)", "value": ppl_increase, "threshold": t.max_perplexity_increase, "op": "<="},
-        {"name": "golden next-token agreement (teacher-forced)", "value": golden_agreement, "threshold": t.min_golden_token_agreement, "op": ">="},
-    ]
-    for gate in gates:
-        gate["passed"] = gate["value"] >= gate["threshold"] if gate["op"] == ">=" else gate["value"] <= gate["threshold"]
+    gates = _gates(comparisons[CONVERTED_CPU], golden_agreement, config)
+    passed = all(g["passed"] for g in gates)
+    layer_debug = None
+    if config.layer_debug == "always" or (config.layer_debug == "on_failure" and not passed):
+        from edgeqat.runtime_check.layer_debug import debug_layers
+
+        log.info("comparing every layer of the .pte with eager (a debug re-export; about as long as an export)")
+        with tempfile.TemporaryDirectory(prefix="edgeqat-layers-") as work:
+            layer_debug = debug_layers(model, windows, max_seq_len, work, bundle_forward=pte.forward)
 
     report = {
-        "report_version": 1,
+        "report_version": REPORT_VERSION,
+        "passed": passed,
         "bundle": str(bundle_dir.resolve()),
-        "manifest_sha256": sha256_file(bundle_dir / MANIFEST),
+        "manifest_sha256": manifest_sha,
+        "program_sha256": program_sha,
+        "pte_bytes": (bundle_dir / manifest["program"]).stat().st_size,
         "quantization": manifest["quantization"],
-        "references": {"converted": str(converted_dir), "unquantized": str(float_dir) if float_dir else None},
+        "model": _model_facts(manifest, model.config),
+        "host": _host(config.threads),
         "eval": {"windows": len(windows), "tokens_per_window": len(windows[0]), "dataset": config.eval_dataset},
-        "pte_vs_eager": agreement,
-        "pte_vs_unquantized": metrics.merge_agreement(pte_vs_float) if pte_vs_float else None,
-        "perplexity": ppl,
+        "references": [r.describe() for r in references],
+        "references_skipped": skipped,
+        "comparisons": comparisons,
+        "perplexity": {"pte": pte_ppl},
         "golden": golden,
         "golden_token_agreement": golden_agreement,
-        "speed": speed,
-        "pte_bytes": (bundle_dir / manifest["program"]).stat().st_size,
+        "latency": timing,
+        "device_estimates": estimates,
+        "device_results": results,
+        "layer_debug": layer_debug,
         "gates": gates,
-        "passed": all(g["passed"] for g in gates),
         "versions": versions(),
         "config": to_dict(config),
     }
+    _write(report_dir, report)
+    return report
+
+
+def _write(report_dir: Path, report: dict) -> None:
+    from edgeqat.runtime_check.report import render_markdown
+    from edgeqat.runtime_check.report_html import render_html
+    from edgeqat.runtime_check.report_schema import validate_report
+
+    validate_report(report)  # the documented schema; a failure here is a bug, not bad input
     with atomic_dir(report_dir, "check") as tmp:
         write_json_atomic(tmp / REPORT_JSON, report)
         write_text_atomic(tmp / REPORT_MD, render_markdown(report))
-    return report
+        write_text_atomic(tmp / REPORT_HTML, render_html(report))
 
 
 def raise_on_failure(report: dict) -> None:
     failed = [g for g in report["gates"] if not g["passed"]]
     if failed:
+        where = ""
+        jump = (report.get("layer_debug") or {}).get("first_jump")
+        if jump:
+            where = f"; the first layer whose error jumps is {jump['name']} (see the report)"
         raise CheckFailed(
             "check failed: "
             + "; ".join(f"{g['name']} = {g['value']:.4f}, needs {g['op']} {g['threshold']}" for g in failed)
+            + where
         )
 
 
 def is_report_for(report_dir: Path, bundle_dir: Path) -> bool:
-    """Whether ``report_dir`` holds a complete report of this bundle as it is now."""
+    """Whether ``report_dir`` holds a complete, current-version report of this bundle as it is now."""
     try:
         report = json.loads((Path(report_dir) / REPORT_JSON).read_text())
-        return (Path(report_dir) / REPORT_MD).is_file() and report.get("manifest_sha256") == sha256_file(
-            Path(bundle_dir) / MANIFEST
+        return (
+            report.get("report_version") == REPORT_VERSION
+            and all((Path(report_dir) / name).is_file() for name in (REPORT_MD, REPORT_HTML))
+            and report.get("manifest_sha256") == sha256_file(Path(bundle_dir) / MANIFEST)
         )
     except (OSError, ValueError):
         return False

@@ -156,3 +156,25 @@ def test_disk_full_while_writing_the_report(capsys, isolated, made, monkeypatch)
                    after_progress=True)
     assert "no space left on the device" in line
     assert not (isolated / "report").exists()
+
+
+def test_check_prompt_longer_than_max_seq_len(capsys, isolated, made):
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--prompt", "wisdom " * 80)
+    assert "prompt" in line and "max_seq_len is 64" in line and "--max-seq-len" in line
+    assert not (isolated / "report").exists()
+
+
+def test_check_with_device_results_for_another_bundle(capsys, isolated, made):
+    example = Path(__file__).parent / "data" / "device_results_example.json"
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--device-results", str(example))
+    assert "another bundle" in line and "sha256" in line
+    assert not (isolated / "report").exists()
+
+
+def test_check_with_a_device_results_file_missing_a_field(capsys, isolated, made):
+    results = json.loads((Path(__file__).parent / "data" / "device_results_example.json").read_text())
+    del results["runs"][0]["decode_tokens_per_s"]
+    (isolated / "bad.json").write_text(json.dumps(results))
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--device-results", "bad.json")
+    assert "runs[0]" in line and "decode_tokens_per_s" in line
+    assert not (isolated / "report").exists()

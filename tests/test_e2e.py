@@ -14,6 +14,7 @@ import pytest
 from edgeqat.artifacts import read_record
 from edgeqat.cli import main
 from edgeqat.manifest import load_bundle
+from edgeqat.runtime_check.report_schema import validate_report
 
 pytestmark = pytest.mark.e2e
 FAST = ["--max-steps", "4", "--max-seq-len", "64"]
@@ -35,16 +36,56 @@ def test_run_leaves_a_bundle_whose_pte_matches_eager(default_run: Path):
     assert len(manifest["golden"]) == 3 and all(len(g["generated_ids"]) == 24 for g in manifest["golden"])
 
     report = json.loads((default_run / "report" / "report.json").read_text())
+    validate_report(report)  # the documented schema (docs/check_report.md)
     assert report["passed"], report["gates"]
-    assert report["pte_vs_eager"]["cosine_mean"] > 0.99
-    assert report["pte_vs_unquantized"] is not None
-    assert abs(report["perplexity"]["pte"] / report["perplexity"]["eager"] - 1) < 0.02
+    eager = report["comparisons"]["eager converted (cpu)"]
+    assert eager["cosine_mean"] > 0.99 and eager["top5_agreement"] > 0.9 and eager["kl_mean"] < 0.01
+    assert len(eager["per_position"]["cosine"]) == report["eval"]["tokens_per_window"]
+    assert abs(eager["perplexity_ratio"]) < 0.02
+    assert [r["name"] for r in report["references"]] == ["eager converted (cpu)", "unquantized (cpu)"]
+    assert [g["prompt"] for g in eager["greedy"]] == [g["prompt"] for g in manifest["golden"]]
     # The LLM runner (the apps' code path) reproduces the eager model's golden text.
     assert any(g["runner_matches_golden"] for g in report["golden"])
-    assert report["speed"]["pte"]["decode_tokens_per_s"] > 0
+    rows = {r["name"]: r for r in report["latency"]["rows"]}
+    assert rows[".pte (LLM runner)"]["threads"] == 4 and rows[".pte (LLM runner)"]["decode_tokens_per_s"] > 0
+    assert 0 < rows[".pte (method)"]["pte_rss_mib"] < rows[".pte (method)"]["peak_rss_mib"]
+    assert report["device_estimates"]["label"] == "estimate" and report["device_estimates"]["devices"]
+    assert report["layer_debug"] is None  # the gates passed
     fp32_weights = (default_run / "checkpoint" / "model.safetensors").stat().st_size
     assert report["pte_bytes"] < fp32_weights / 2
     assert "edgeqat check report" in (default_run / "report" / "report.md").read_text()
+    html = (default_run / "report" / "report.html").read_text()
+    assert "<svg" in html or "data:image/svg+xml" in html
+
+
+def test_check_json_with_device_results_a_prompt_and_a_failing_gate(default_run: Path, tmp_path: Path, capsys):
+    """The machine-facing side: --json on stdout, exit 3 with the report still written, per-layer debugging
+    on failure, and the demo apps' results beside the estimates."""
+    from edgeqat.artifacts import sha256_file
+
+    bundle = default_run / "bundle"
+    results = json.loads((Path(__file__).parent / "data" / "device_results_example.json").read_text())
+    results["bundle"] = {"manifest_sha256": sha256_file(bundle / "manifest.json"),
+                         "program_sha256": sha256_file(bundle / "model.pte")}
+    (tmp_path / "pixel.json").write_text(json.dumps(results))
+    capsys.readouterr()
+    code = main(["check", str(bundle), "--output", str(tmp_path / "report"), "--json", "--threads", "2",
+                 "--device-results", str(tmp_path / "pixel.json"), "--prompt", "Wisdom is", "--min-cosine", "1.5"])
+    out, err = capsys.readouterr()
+    assert code == 3 and "logits cosine" in err and "needs >= 1.5" in err
+    report = json.loads(out)
+    assert report == json.loads((tmp_path / "report" / "report.json").read_text())
+    assert not report["passed"] and [g["passed"] for g in report["gates"]] == [False, True, True, True]
+    assert report["latency"]["threads"] == 2
+    pixel = next(d for d in report["device_estimates"]["devices"] if d["name"] == "Google Pixel 8 Pro")
+    assert pixel["measured"]["decode_tokens_per_s"] == 239.4 and pixel["tokens_per_s"] > 0
+    assert report["device_results"][0]["device"]["model"] == "Pixel 8 Pro"
+    greedy = report["comparisons"]["eager converted (cpu)"]["greedy"]
+    assert greedy[-1]["prompt"] == "Wisdom is" and greedy[-1]["tokens"] == 32
+    layers = report["layer_debug"]
+    assert [row["name"] for row in layers["layers"]][:2] == ["model.embed_tokens", "model.layers.0"]
+    assert layers["first_jump"] is None and layers["bundle"]["reproduces_bundle"]  # a healthy model: no layer jumps
+    assert "Per-layer" in (tmp_path / "report" / "report.md").read_text() or "layer" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_second_run_reuses_every_stage(default_run: Path, caplog):

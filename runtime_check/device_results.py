@@ -1,0 +1,198 @@
+"""Benchmark results from the Android and iOS demo apps: validated, tied to one bundle, and set beside
+the estimates (`edgeqat check --device-results FILE`). The format is schemas/device_results.schema.json,
+explained for app developers in docs/device_results.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Iterable
+
+from edgeqat.errors import EdgeqatError
+from edgeqat.runtime_check.device_profiles import normalize_name
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "device_results.schema.json"
+SCHEMA_VERSION = 1
+FORMAT_DOC = "docs/device_results.md"
+
+
+@functools.cache
+def device_results_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _json_path(parts: Iterable[str | int]) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _schema_problem(data: Any) -> str | None:
+    """The most relevant schema violation as 'json.path: what is wrong', or None."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    validator = Draft202012Validator(device_results_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    error = best_match(validator.iter_errors(data))
+    if error is None:
+        return None
+    parts = list(error.absolute_path)
+    if error.validator == "required":
+        missing = next(k for k in error.validator_value if k not in error.instance)
+        return f"{_json_path([*parts, missing])} is missing"
+    message = " ".join(error.message.split())
+    if error.validator == "pattern" and "description" in error.schema:  # a regex says little to an app developer
+        message = f"{error.instance!r} is not {error.schema['description']}"
+    message = message if len(message) <= 160 else message[:157] + "..."
+    return f"{_json_path(parts) or 'the top level'}: {message}"
+
+
+def _consistency_problem(data: dict[str, Any]) -> str | None:
+    """What the schema cannot say: counts that contradict each other."""
+    for i, entry in enumerate(data["self_check"]):
+        if entry["matched_tokens"] > entry["total_tokens"]:
+            return f"self_check[{i}].matched_tokens ({entry['matched_tokens']}) is more than total_tokens ({entry['total_tokens']})"
+    return None
+
+
+def validate_device_results(data: Any, where: str = "device results") -> dict[str, Any]:
+    """``data`` if it is a valid results document; else one-line EdgeqatError naming the JSON path."""
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise EdgeqatError(
+            f"{where}: schema_version {version} is newer than this edgeqat reads ({SCHEMA_VERSION}); upgrade edgeqat"
+        )
+    problem = _schema_problem(data) or _consistency_problem(data)
+    if problem:
+        raise EdgeqatError(f"{where}: {problem}; fix what the app writes (format: {FORMAT_DOC})")
+    return data
+
+
+def load_device_results(path: str | Path, manifest_sha256: str, program_sha256: str) -> dict[str, Any]:
+    """The validated results file at ``path``, which must be of the bundle with these sha256s."""
+    path = Path(path)
+    where = f"device results {path}"
+    if not path.is_file():
+        raise EdgeqatError(f"device results file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise EdgeqatError(f"{where} is not UTF-8 text; the apps write UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise EdgeqatError(f"{where} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    validate_device_results(data, where)
+    for key, expected in (("manifest_sha256", manifest_sha256), ("program_sha256", program_sha256)):
+        found = data["bundle"][key]
+        if found != expected.lower():
+            raise EdgeqatError(
+                f"{where} are for another bundle (bundle.{key} is {found[:12]}..., this bundle's is "
+                f"{expected[:12]}...); run the app with this bundle, or check the bundle they came from"
+            )
+    return data
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _maximum(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def measured_summary(result: dict[str, Any], estimate_tokens_per_s: float | None) -> dict[str, Any]:
+    """One results file as a device row's "measured": medians over its runs, the golden self-check."""
+    runs, golden = result["runs"], result["self_check"]
+    decode = _median(r["decode_tokens_per_s"] for r in runs)
+    matched = sum(g["matched_tokens"] for g in golden)
+    total = sum(g["total_tokens"] for g in golden)
+    device = result["device"]
+    return {
+        "label": "measured",
+        "device": f"{device['manufacturer']} {device['model']}",
+        "soc": device["soc"],
+        "os_version": device["os_version"],
+        "platform": result["app"]["platform"],
+        "app_version": result["app"]["app_version"],
+        "executorch_version": result["app"]["executorch_version"],
+        "threads": result["settings"]["threads"],
+        "backend": result["settings"]["backend"],
+        "timestamp": result["timestamp"],
+        "runs": len(runs),
+        "decode_tokens_per_s": decode,
+        "prefill_tokens_per_s": _median(r["prefill_tokens_per_s"] for r in runs),
+        "time_to_first_token_ms": _median(r["time_to_first_token_ms"] for r in runs),
+        "peak_memory_mib": _maximum(r["peak_memory_mib"] for r in runs),
+        "load_time_ms": _maximum(r["load_time_ms"] for r in runs),  # the cold load, when one run had it
+        "golden_tokens_matched": matched,
+        "golden_tokens": total,
+        "golden_agreement": matched / total if total else None,
+        "measured_over_estimate": decode / estimate_tokens_per_s if estimate_tokens_per_s else None,
+    }
+
+
+def _row_for(rows: list[dict[str, Any]], device: dict[str, Any]) -> int | None:
+    """The row of the profile whose name or an alias is the device's model (or manufacturer + model)."""
+    reported = {normalize_name(device["model"]), normalize_name(f"{device['manufacturer']} {device['model']}")}
+    for i, row in enumerate(rows):
+        if row.get("label") == "estimate" and reported & {normalize_name(n) for n in [row["name"], *row.get("aliases", [])]}:
+            return i
+    return None
+
+
+def _unmatched_row(result: dict[str, Any]) -> dict[str, Any]:
+    """A device no profile describes: measured only (without its bandwidth there is nothing to scale)."""
+    device = result["device"]
+    name = f"{device['manufacturer']} {device['model']}"
+    return {
+        "name": name,
+        "soc": device["soc"],
+        "label": "measured",
+        "tokens_per_s": None,
+        "bandwidth_bound_tokens_per_s": None,
+        "confidence": None,
+        "why": f"no device profile matches {device['model']!r}; add one (with its bandwidth) to estimate it",
+        "memory_bandwidth_gb_s": None,
+        "usable_bandwidth_gb_s": None,
+        "bandwidth_basis": None,
+        "big_cores": None,
+        "cores": device["cpu_cores"],
+        "ram_gib": round(device["ram_bytes"] / (1 << 30), 1),
+        "source": None,
+        "aliases": [],
+        "measured": measured_summary(result, None),
+    }
+
+
+def attach_measured(estimates: dict[str, Any], results_list: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of ``estimates`` (estimate_devices' dict) with each validated results file beside its row.
+
+    A result whose device.model (or "manufacturer model") is a profile's name or alias, ignoring case
+    and spacing, fills that row's "measured"; a second result for the same profile gets a copy of the
+    row of its own. A device no profile matches becomes a row of its own with the estimate fields null.
+    """
+    out = copy.deepcopy(estimates)
+    rows: list[dict[str, Any]] = out["devices"]
+    matched: dict[int, list[dict[str, Any]]] = {}
+    unmatched = []
+    for result in results_list:
+        i = _row_for(rows, result["device"])
+        if i is None:
+            unmatched.append(result)
+        else:
+            matched.setdefault(i, []).append(result)
+    devices = []
+    for i, row in enumerate(rows):
+        for result in matched.get(i, [None]):
+            if result is None:
+                devices.append(row)
+            else:
+                devices.append({**copy.deepcopy(row), "measured": measured_summary(result, row["tokens_per_s"])})
+    out["devices"] = devices + [_unmatched_row(r) for r in unmatched]
+    return out

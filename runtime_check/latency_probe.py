@@ -1,0 +1,93 @@
+"""One `.pte` timing in its own process: ``python -m edgeqat.runtime_check.latency_probe REQUEST RESULT``.
+
+A fresh process so that the `.pte`'s memory is measured without the eager models the check also holds,
+and so that the thread pool is set before ExecuTorch starts it. REQUEST is JSON (see latency.probe_pte);
+RESULT gets one latency row. The LLM runner and the program share ExecuTorch's thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+MIB = 1024**2
+
+
+def _rss_mib() -> float:
+    import psutil  # accelerate's dependency, so always installed with edgeqat
+
+    return psutil.Process().memory_info().rss / MIB
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _runner(request: dict) -> dict:
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    start = time.perf_counter()
+    runner = TextLLMRunner(request["program"], request["tokenizer"])
+    config = GenerationConfig(max_new_tokens=request["decode_tokens"] + 1, temperature=0.0, echo=False, num_bos=0, num_eos=0)
+    stats: list = []
+    runner.generate(request["prompt_text"], config, token_callback=lambda piece: None, stats_callback=stats.append)
+    load_ms = (time.perf_counter() - start) * 1e3
+    best = None
+    for _ in range(2):  # the first generation above was the warm-up (and loads the program)
+        runner.reset()
+        stats.clear()
+        runner.generate(request["prompt_text"], config, token_callback=lambda piece: None, stats_callback=stats.append)
+        s = json.loads(stats[-1].to_json_string())
+        if best is None or s["decode_token_per_sec"] > best["decode_token_per_sec"]:
+            best = s
+    return {
+        "prompt_tokens": best["prompt_tokens"],
+        "prefill_tokens_per_s": float(best["prefill_token_per_sec"]),
+        "decode_tokens_per_s": float(best["decode_token_per_sec"]),
+        "time_to_first_token_ms": float(best["first_token_ms"] - best["inference_start_ms"]),
+        "load_ms": load_ms,
+        "timer_resolution_ms": 1,  # the runner's stats are in whole milliseconds
+    }
+
+
+def _method(request: dict) -> dict:
+    import torch
+    from executorch.runtime import Runtime
+
+    import executorch.kernels.quantized  # noqa: F401  quantized embedding kernels
+    from edgeqat.runtime_check.latency import time_forward
+
+    start = time.perf_counter()
+    method = Runtime.get().load_program(Path(request["program"])).load_method(request["method"])
+    load_ms = (time.perf_counter() - start) * 1e3
+    row = time_forward(lambda tokens, positions: method.execute([tokens, positions])[0],
+                       torch.tensor(request["prompt_ids"], dtype=torch.long), request["decode_tokens"])
+    return {**row, "load_ms": load_ms}
+
+
+def main(request_file: str, result_file: str) -> None:
+    request = json.loads(Path(request_file).read_text())
+    # Every library first, so that the memory measured from here on is the program's own.
+    import torch  # noqa: F401
+    from executorch.extension.llm.runner import TextLLMRunner  # noqa: F401
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime  # noqa: F401
+
+    import executorch.kernels.quantized  # noqa: F401
+
+    portable_lib._unsafe_reset_threadpool(request["threads"])
+    before = _rss_mib()
+    row = _runner(request) if request["mode"] == "runner" else _method(request)
+    # The program is still loaded here: its weights (XNNPACK keeps its own packed copy), KV cache and
+    # planned activations. The process's high-water mark also holds Python, torch and import-time peaks.
+    row.update({"threads": portable_lib._threadpool_get_thread_count(), "peak_rss_mib": _peak_rss_mib(),
+                "pte_rss_mib": max(0.0, _rss_mib() - before)})
+    Path(result_file).write_text(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

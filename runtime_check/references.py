@@ -1,0 +1,103 @@
+"""The models a bundle's `.pte` is compared with: the eager converted model on CPU (the exact source of
+the export), and on a GPU when there is one the converted and the unquantized fine-tuned model."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from edgeqat.config import REFERENCE_DEVICES
+from edgeqat.errors import EdgeqatError
+from edgeqat.generation import Forward
+
+log = logging.getLogger("edgeqat")
+CONVERTED_CPU = "eager converted (cpu)"  # the gates compare with this one: the model the bundle was exported from
+
+
+@dataclass
+class Reference:
+    name: str
+    kind: str  # "converted" | "unquantized"
+    device: torch.device
+    path: Path
+    model: torch.nn.Module
+    _decoders: dict = field(default_factory=dict, repr=False)
+
+    def describe(self) -> dict:
+        dtype = next(self.model.parameters()).dtype
+        return {"name": self.name, "kind": self.kind, "device": self.device.type,
+                "dtype": str(dtype).removeprefix("torch."), "path": str(self.path)}
+
+    def logits(self, window: torch.Tensor) -> torch.Tensor:
+        """[T, V] float32 logits on the CPU for a 1-D window of token ids (no KV cache)."""
+        with torch.no_grad():
+            return self.model(input_ids=window[None].to(self.device)).logits[0].float().cpu()
+
+    def cached_forward(self, max_seq_len: int) -> Forward:
+        """forward(tokens, positions) -> logits over a static KV cache, the way the `.pte` decodes; CPU tensors
+        in and out."""
+        from edgeqat.export.kv_cache import cached_decoder
+
+        if max_seq_len not in self._decoders:
+            self._decoders[max_seq_len] = cached_decoder(self.model, max_seq_len)
+        decoder = self._decoders[max_seq_len]
+
+        def forward(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return decoder(input_ids=tokens.to(self.device), cache_position=positions.to(self.device)).float().cpu()
+
+        return forward
+
+
+def reference_device(choice: str) -> torch.device | None:
+    """The GPU for the GPU references, or None when they are not wanted or there is no GPU."""
+    if choice not in REFERENCE_DEVICES:
+        raise EdgeqatError(f"check.reference_device must be one of {', '.join(REFERENCE_DEVICES)}, not {choice!r}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise EdgeqatError("check.reference_device is cuda but no CUDA GPU is available; use auto or cpu")
+    return torch.device("cuda") if choice != "cpu" and torch.cuda.is_available() else None
+
+
+def load_references(manifest: dict, converted: str | None, unquantized: str | None, device_choice: str):
+    """(converted model on CPU, tokenizer, references, skipped references as {name, why}).
+
+    The converted model must be the very one the bundle was exported from (its files' sha256s match the
+    manifest), or the comparison would measure the wrong thing.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from edgeqat.train.convert import load_converted, read_checked_record
+
+    gpu = reference_device(device_choice)
+    converted_dir = Path(converted or manifest.get("source", {}).get("converted", ""))
+    if not (converted_dir / "edgeqat.json").is_file():
+        raise EdgeqatError(
+            f"the converted model behind this bundle was not found ({converted_dir}); pass it with --reference"
+        )
+    record = read_checked_record(converted_dir, "convert")
+    if record["files"] != manifest.get("source", {}).get("converted_files"):
+        raise EdgeqatError(f"{converted_dir} is not the converted model this bundle was exported from (its files differ)")
+    model, tokenizer, _ = load_converted(converted_dir, record)
+    references = [Reference(CONVERTED_CPU, "converted", torch.device("cpu"), converted_dir, model)]
+    skipped: list[dict] = []
+    if gpu is not None:
+        try:
+            references.append(Reference("converted (cuda)", "converted", gpu, converted_dir, copy.deepcopy(model).to(gpu)))
+        except (RuntimeError, NotImplementedError) as e:  # a quantized tensor layout without a CUDA kernel
+            skipped.append({"name": "converted (cuda)", "why": str(e).splitlines()[0]})
+            log.warning("the converted model does not run on the GPU (%s); comparing with it on the CPU only", skipped[-1]["why"])
+
+    float_dir = Path(unquantized or record.get("source", ""))
+    if (float_dir / "config.json").is_file():
+        # On a GPU in bf16, the way it was fine-tuned; on the CPU in fp32 (bf16 matmuls are slow there).
+        dtype, where = (torch.bfloat16, gpu) if gpu is not None else (torch.float32, torch.device("cpu"))
+        float_model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=dtype).to(where).eval()
+        references.append(Reference(f"unquantized ({where.type})", "unquantized", where, float_dir, float_model))
+    else:
+        skipped.append({"name": "unquantized", "why": f"not found ({float_dir}); pass it with --unquantized"})
+        log.warning("unquantized model not found (%s): it is left out of the comparison", float_dir)
+    return model, tokenizer, references, skipped
