@@ -20,10 +20,14 @@ MIB = 1024**2
 
 
 def time_forward(forward: Forward, prompt: torch.Tensor, decode_tokens: int, repeats: int = 3,
-                 sync: Callable[[], None] = lambda: None) -> dict[str, float]:
-    """Prefill and decode tokens/s and time to first token (best of ``repeats``) of a KV-cached forward."""
+                 sync: Callable[[], None] = lambda: None, budget_s: float = 30.0) -> dict[str, float]:
+    """Prefill and decode tokens/s and time to first token of a KV-cached forward: the best of ``repeats``,
+    or of fewer once ``budget_s`` is spent (a slow eager reference need not be timed three times)."""
     prefill, decode = [], []
+    started = time.perf_counter()
     for _ in range(repeats):
+        if prefill and time.perf_counter() - started > budget_s:
+            break
         start = time.perf_counter()
         logits = forward(prompt[None], prefill_positions(0, len(prompt)))
         token = logits[0, -1].argmax().view(1, 1)
@@ -36,6 +40,7 @@ def time_forward(forward: Forward, prompt: torch.Tensor, decode_tokens: int, rep
         sync()
         decode.append(time.perf_counter() - start)
     return {
+        "repeats": len(prefill),
         "prompt_tokens": len(prompt),
         "prefill_tokens_per_s": len(prompt) / min(prefill),
         "decode_tokens_per_s": decode_tokens / min(decode),
