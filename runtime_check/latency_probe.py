@@ -23,8 +23,16 @@ def _rss_mib() -> float:
 
 
 def _peak_rss_mib() -> float:
+    # Linux keeps ru_maxrss across fork and exec, so a child started by a big parent (the check holds the
+    # eager models) would report the parent's peak; VmHWM belongs to this process's own memory map.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+    return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def _runner(request: dict) -> dict:

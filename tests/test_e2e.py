@@ -156,3 +156,16 @@ def test_int4_weight_only_is_refused_at_export_with_the_reason(tmp_path: Path, c
     assert main(["export", str(tmp_path / "conv"), "--output", str(tmp_path / "bundle")]) == 2
     assert "XNNPACK" in capsys.readouterr().err
     assert not (tmp_path / "bundle").exists()
+
+
+def test_pte_memory_is_the_timing_process_own(default_run: Path):
+    """The .pte is timed in a child process; its peak must not be the parent's (Linux keeps ru_maxrss
+    across fork and exec, so a check holding big eager models would otherwise report their memory)."""
+    import numpy as np
+
+    from edgeqat.runtime_check.latency import probe_pte
+
+    ballast = np.ones(2 * 1024**3 // 8)  # 2 GiB resident in this process
+    bundle = default_run / "bundle"
+    row = probe_pte(bundle, load_bundle(bundle), "method", list(range(1, 17)), "", 4, 1)
+    assert ballast[-1] == 1 and 0 < row["pte_rss_mib"] < row["peak_rss_mib"] < 1800
