@@ -40,17 +40,12 @@ class Reference:
     def cached_forward(self, max_seq_len: int) -> Forward:
         """forward(tokens, positions) -> logits over a static KV cache, the way the `.pte` decodes; CPU tensors
         in and out."""
-        from edgeqat.export.kv_cache import cached_decoder
+        from edgeqat.export.kv_cache import cached_decoder, eager_forward
 
         if max_seq_len not in self._decoders:
-            self._decoders[max_seq_len] = cached_decoder(self.model, max_seq_len)
-        decoder = self._decoders[max_seq_len]
-
-        def forward(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return decoder(input_ids=tokens.to(self.device), cache_position=positions.to(self.device)).float().cpu()
-
-        return forward
+            self._decoders[max_seq_len] = eager_forward(cached_decoder(self.model, max_seq_len))
+        on_device = self._decoders[max_seq_len]
+        return lambda tokens, positions: on_device(tokens.to(self.device), positions.to(self.device)).float().cpu()
 
 
 def reference_device(choice: str) -> torch.device | None:
