@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import glob
 import hashlib
 import json
 import os
@@ -21,8 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgeqat.errors import EdgeqatError
-
-RECORD = "edgeqat.json"
+from edgeqat.ownership import RECORD, ensure_replaceable, make_temporary, remove_leftover_temporaries
 
 
 def sha256_file(path: Path) -> str:
@@ -86,32 +84,6 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-# The file that marks a folder as a stage's artifact: edgeqat only ever replaces such folders.
-STAGE_MARKERS = {"train": RECORD, "convert": RECORD, "export": "manifest.json", "check": "report.json", "study": "study.json"}
-
-
-def ensure_replaceable(dest: Path, stage: str) -> None:
-    """Refuses an output folder that holds anything but an earlier output of the same stage."""
-    dest = Path(dest)
-    if not dest.exists():
-        return
-    if not dest.is_dir():
-        raise EdgeqatError(f"output {dest} exists and is a file; choose another output folder")
-    if not any(dest.iterdir()):
-        return
-    marker = dest / STAGE_MARKERS[stage]
-    if marker.is_file():
-        if marker.name != RECORD:
-            return
-        with contextlib.suppress(ValueError, OSError):
-            if json.loads(marker.read_text()).get("stage") == stage:
-                return
-    raise EdgeqatError(
-        f"output {dest} exists and is not an edgeqat {stage} output; edgeqat replaces only its own artifacts, "
-        f"so choose another output folder or remove it"
-    )
-
-
 def _exchange(a: Path, b: Path) -> bool:
     """Swaps two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
     rename_exchange, at_fdcwd = 2, -100
@@ -124,17 +96,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a filesystem or kernel without the exchange
         return False
     raise OSError(err, os.strerror(err), str(b))
-
-
-def _remove_leftovers(dest: Path) -> None:
-    """Temporary siblings of ``dest`` that a killed process left behind (edgeqat's own names only)."""
-    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
-        if stale.suffix not in (".tmp", ".old"):
-            continue
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
 
 
 def _is_disk_full(e: BaseException) -> bool:
@@ -150,34 +111,36 @@ def _no_space(dest: Path) -> EdgeqatError:
 
 @contextlib.contextmanager
 def atomic_dir(dest: Path, stage: str) -> Iterator[Path]:
-    """Yields a temporary folder beside ``dest``; on success it takes the place of ``dest`` atomically.
+    """Yields a folder to build the artifact in; on success it takes the place of ``dest`` atomically.
 
-    The swap is one renameat2(RENAME_EXCHANGE): a process killed at any instant leaves the old artifact
-    or the new one at ``dest``. Where the filesystem cannot exchange, two renames leave a window of
-    microseconds in which ``dest`` is missing (its old version then sits in a ``.old`` sibling).
+    The folder lies in a marked temporary sibling of ``dest`` (edgeqat.ownership), so the marker never
+    becomes part of the artifact. The swap is one renameat2(RENAME_EXCHANGE): a process killed at any
+    instant leaves the old artifact or the new one at ``dest``. Where the filesystem cannot exchange, two
+    renames leave a window of microseconds in which ``dest`` is missing (its old version is then in the
+    temporary sibling, which the next run cleans up).
     """
     dest = Path(dest)
     ensure_replaceable(dest, stage)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(dest)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o755)
+    remove_leftover_temporaries(dest)
+    container = None
     try:
-        yield tmp
+        container = make_temporary(dest)
+        work = container / dest.name
+        work.mkdir(mode=0o755)
+        yield work
         if not dest.exists():
-            os.replace(tmp, dest)
-        elif _exchange(tmp, dest):
-            shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old artifact
-        else:
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
-            os.replace(dest, old / dest.name)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
+            os.replace(work, dest)
+        elif not _exchange(work, dest):  # after an exchange, ``work`` holds the old artifact
+            os.replace(dest, container / f"{dest.name}.old")
+            os.replace(work, dest)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         if _is_disk_full(e):
             raise _no_space(dest) from None
         raise
+    finally:
+        if container is not None:
+            shutil.rmtree(container, ignore_errors=True)
 
 
 def write_record(folder: Path, stage: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -193,14 +156,36 @@ def write_record(folder: Path, stage: str, config: dict[str, Any], **extra: Any)
     return record
 
 
+RECORD_FIELDS = {"stage": str, "config": dict, "files": dict}
+
+
+def record_problem(record: Any, fields: dict[str, type | tuple[type, ...]] = RECORD_FIELDS) -> str | None:
+    """What is wrong with a record's shape (a record edited by hand is checked, not trusted), or None."""
+    if not isinstance(record, dict):
+        return f"expected an object, got {type(record).__name__}"
+    for key, kind in fields.items():
+        value = record.get(key)
+        if key not in record:
+            return f"{key!r} is missing"
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            return f"{key!r} has the wrong type ({type(value).__name__})"
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in record.get("files", {}).items()):
+        return "'files' must map file names to sha256 strings"
+    return None
+
+
 def read_record(folder: Path) -> dict[str, Any]:
     path = Path(folder) / RECORD
     if not path.is_file():
         raise EdgeqatError(f"{folder} is not an edgeqat artifact (no {RECORD}); run the stage that makes it first")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise EdgeqatError(f"{path} is corrupt ({e}); delete {folder} and run the stage again") from None
+    problem = record_problem(record)
+    if problem:
+        raise EdgeqatError(f"{path} is damaged: {problem}; delete {folder} and run the stage again")
+    return record
 
 
 def verify_files(folder: Path, files: dict[str, str]) -> list[str]:
@@ -208,6 +193,9 @@ def verify_files(folder: Path, files: dict[str, str]) -> list[str]:
     folder = Path(folder).resolve()
     problems = []
     for name, digest in files.items():
+        if not name or "\0" in name:
+            problems.append(f"{name!r}: not a file name")
+            continue
         path = (folder / name).resolve()
         if folder not in path.parents:
             problems.append(f"{name}: path escapes the folder")

@@ -7,16 +7,20 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 from edgeqat import __version__
 from edgeqat.config import FAKE_QUANT_KERNELS, MODES, REFERENCE_DEVICES
-from edgeqat.errors import EdgeqatError
+from edgeqat.errors import EdgeqatError, Terminated
 
 log = logging.getLogger("edgeqat")
 
@@ -218,21 +222,53 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the cleanup short
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises Terminated in the main thread while the command runs (and is restored after: tests and
+    notebooks call main() more than once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# An OSError on a path the user gave (a read-only folder, a full disk, a name too long) is their
+# environment, not a bug: one line naming the path.
+ENVIRONMENT_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.debug)
     _setup_logging(args.debug)
     try:
-        return _dispatch(args)
+        with _sigterm_as_interrupt():
+            return _dispatch(args)
     except EdgeqatError as e:
         print(f"edgeqat: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        print("edgeqat: terminated (SIGTERM); finished artifacts are kept, the interrupted one was not written",
+              file=sys.stderr)
+        return Terminated.exit_code
     except KeyboardInterrupt:
         print("edgeqat: interrupted; finished artifacts are kept, the interrupted one was not written", file=sys.stderr)
         return 130
     except Exception as e:  # an unexpected failure: one line, the traceback behind --debug
         if args.debug:
             raise
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS and e.filename is not None:
+            print(f"edgeqat: error: {e.filename}: {e.strerror}", file=sys.stderr)
+            return EdgeqatError.exit_code
         print(f"edgeqat: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 

@@ -1,115 +1,137 @@
-"""Typed configs for every stage, loadable from YAML, with "did you mean" for misspelt keys."""
+"""Typed configs for every stage, loadable from YAML, with "did you mean" for misspelt keys.
+
+Every field declares its range next to its default (``setting``); ``validate`` checks types and ranges
+of the whole config before any stage starts, so a bad value is one line up front rather than garbage or
+a crash minutes later.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgeqat.errors import EdgeqatError
+from edgeqat.paths import DEFAULT
 
-DEFAULT = "default"  # names the embedded model / dataset shipped in edgeqat/assets
 MODES = ("qat", "bf16", "ptq")
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 FAKE_QUANT_KERNELS = ("auto", "fused", "torchao")  # auto: fused on CUDA, torchao's eager quantizers elsewhere
 # transformers' schedulers that need no extra arguments (its SchedulerType; importing it here costs seconds)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "warmup_stable_decay")
+DEVICES = ("auto", "cpu", "cuda")
+LAYER_DEBUG = ("on_failure", "always", "never")
+REFERENCE_DEVICES = ("auto", "cpu", "cuda")
+EMBEDDING_BITS = (4, 8)
+SEED_LIMIT = 2**32  # numpy's seeds, which transformers' set_seed also sets
+PHONE_THREADS = 8  # the most cores a phone's CPU has: a thread count any host may be asked to emulate
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, min: float | None = None,
+            max: float | None = None, above: float | None = None, choices: tuple | None = None,
+            nonempty: bool = False, min_items: int | None = None) -> Any:
+    """A config field with its allowed range: ``min``/``max`` inclusive, ``above`` exclusive, ``choices``,
+    ``nonempty`` (a string, or each string of a list), ``min_items`` (of a list)."""
+    rules = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("choices", choices),
+                               ("min_items", min_items)) if v is not None}
+    if nonempty:
+        rules["nonempty"] = True
+    return field(default=default, default_factory=factory, metadata={"rules": rules})
 
 
 @dataclass
 class QuantConfig:
-    scheme: str = "8da4w"
-    group_size: int | None = None  # None: the scheme's default; 0: per-channel
-    embedding_bits: int | None = None  # 4 or 8 quantizes the token embedding too
+    scheme: str = setting("8da4w", nonempty=True)  # a name of the scheme registry (checked in validate)
+    group_size: int | None = setting(None, min=0)  # None: the scheme's default; 0: per-channel
+    embedding_bits: int | None = setting(None, choices=EMBEDDING_BITS)  # 4 or 8 quantizes the token embedding too
     skip_indivisible: bool = False  # leave layers the group size does not divide in float, with a warning
 
 
 @dataclass
 class TrainConfig:
-    model: str = DEFAULT  # hub id, local folder, or "default"
-    dataset: str = DEFAULT  # hub id, local .jsonl/.json/.parquet/.txt file or folder, or "default"
-    text_column: str = "text"
-    dataset_split: str = "train"  # of a hub dataset or dataset folder, e.g. train_sft
-    mode: str = "qat"  # qat | bf16 (plain fine-tune) | ptq (plain fine-tune, then post-training quantization)
-    lora_rank: int = 0  # 0: full fine-tuning
-    lora_alpha: int = 16
-    max_steps: int = 120
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 3e-4
-    max_length: int = 256
-    lr_scheduler: str = "cosine"  # any of transformers' schedulers: cosine | linear | constant_with_warmup | ...
-    warmup_ratio: float = 0.05
+    model: str = setting(DEFAULT, nonempty=True)  # hub id, local folder, or "default"
+    dataset: str = setting(DEFAULT, nonempty=True)  # hub id, local .jsonl/.json/.parquet/.txt file or folder, or "default"
+    text_column: str = setting("text", nonempty=True)
+    dataset_split: str = setting("train", nonempty=True)  # of a hub dataset or dataset folder, e.g. train_sft
+    mode: str = setting("qat", choices=MODES)  # qat | bf16 (plain fine-tune) | ptq (plain fine-tune, then post-training quantization)
+    lora_rank: int = setting(0, min=0)  # 0: full fine-tuning
+    lora_alpha: int = setting(16, min=1)
+    max_steps: int = setting(120, min=1)
+    batch_size: int = setting(8, min=1)
+    gradient_accumulation_steps: int = setting(1, min=1)
+    learning_rate: float = setting(3e-4, above=0, max=1)  # AdamW diverges far below 1
+    max_length: int = setting(256, min=2)  # a training row needs a token to predict after its first
+    lr_scheduler: str = setting("cosine", choices=LR_SCHEDULERS)  # any of transformers' schedulers: cosine | linear | ...
+    warmup_ratio: float = setting(0.05, min=0, max=0.999)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     packing: bool = False  # TRL packs rows into max_length sequences (see attn_implementation)
     # sdpa | eager | flash_attention_2 | flash_attention_3. With a flash kernel, packing is padding-free
     # (best-fit decreasing, no attention across rows); otherwise rows are concatenated and cut ("wrapped"),
     # because padding-free batches fall back to slow masked attention in sdpa (measured 2.4x slower on an H100).
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = setting("sdpa", choices=ATTENTION)
     assistant_only_loss: bool = False  # chat data: loss on the assistant's turns only
-    save_steps: int = 0  # 0: no intermediate checkpoints; N: a resumable checkpoint every N optimizer steps
-    save_total_limit: int = 2  # checkpoints kept while training (at least 2, so a complete one always survives)
-    logging_steps: int = 0  # 0: max_steps / 20
+    save_steps: int = setting(0, min=0)  # 0: no intermediate checkpoints; N: a resumable checkpoint every N optimizer steps
+    # checkpoints kept while training: at least 2, so that a complete one always survives a crash mid-save
+    save_total_limit: int = setting(2, min=2)
+    logging_steps: int = setting(0, min=0)  # 0: max_steps / 20
     # QAT's fake quantization: "fused" (edgeqat's kernels, torchao's numerics, ~no extra memory), "torchao"
     # (its eager quantizers), or "auto" (fused on CUDA). Layers the fused path does not cover use torchao.
-    fake_quant_kernels: str = "auto"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    fake_quant_kernels: str = setting("auto", choices=FAKE_QUANT_KERNELS)
+    seed: int = setting(0, min=0, max=SEED_LIMIT - 1)
+    device: str = setting("auto", choices=DEVICES)  # auto | cpu | cuda
 
 
 @dataclass
 class ExportConfig:
-    max_seq_len: int = 256
-    golden_prompts: list[str] = field(
-        default_factory=lambda: ["A wise son maketh", "The fear of the LORD is", "Better is a little"]
+    max_seq_len: int = setting(256, min=2)
+    golden_prompts: list[str] = setting(
+        factory=lambda: ["A wise son maketh", "The fear of the LORD is", "Better is a little"], min_items=1, nonempty=True
     )
-    golden_new_tokens: int = 24
+    golden_new_tokens: int = setting(24, min=1)
 
 
 @dataclass
 class Thresholds:
-    min_logits_cosine: float = 0.99  # .pte vs eager converted model, mean over held-out positions
-    min_top1_agreement: float = 0.95  # .pte vs eager converted model
-    max_perplexity_increase: float = 0.02  # .pte vs eager converted model, relative
-    min_golden_token_agreement: float = 0.9  # share of golden greedy tokens the .pte reproduces
-
-
-LAYER_DEBUG = ("on_failure", "always", "never")
-REFERENCE_DEVICES = ("auto", "cpu", "cuda")
+    min_logits_cosine: float = setting(0.99, min=-1, max=1)  # .pte vs eager converted model, mean over held-out positions
+    min_top1_agreement: float = setting(0.95, min=0, max=1)  # .pte vs eager converted model
+    max_perplexity_increase: float = setting(0.02, min=0)  # .pte vs eager converted model, relative
+    min_golden_token_agreement: float = setting(0.9, min=0, max=1)  # share of golden greedy tokens the .pte reproduces
 
 
 @dataclass
 class CheckConfig:
-    eval_dataset: str = DEFAULT  # held-out text; "default" is the embedded held-out set
-    eval_windows: int = 8
-    decode_tokens: int = 32
-    threads: int = 4  # ExecuTorch's thread pool for the .pte's timing: a phone's big cores
-    reference_device: str = "auto"  # GPU references (converted, unquantized) on cuda when present; cpu: never
-    prompts: list[str] = field(default_factory=list)  # more prompts to generate side by side (besides golden)
-    layer_debug: str = "on_failure"  # per-layer .pte vs eager comparison: on_failure | always | never
+    eval_dataset: str = setting(DEFAULT, nonempty=True)  # held-out text; "default" is the embedded held-out set
+    eval_windows: int = setting(8, min=1)
+    decode_tokens: int = setting(32, min=1)
+    # ExecuTorch's thread pool for the .pte's timing: a phone's big cores. At most a phone's cores or the
+    # host's, whichever is more: more threads than both only thrash.
+    threads: int = setting(4, min=1, max=max(PHONE_THREADS, os.cpu_count() or 1))
+    reference_device: str = setting("auto", choices=REFERENCE_DEVICES)  # GPU references on cuda when present; cpu: never
+    prompts: list[str] = setting(factory=list, nonempty=True)  # more prompts to generate side by side (besides golden)
+    layer_debug: str = setting("on_failure", choices=LAYER_DEBUG)  # per-layer .pte vs eager comparison
     device_profiles: str = ""  # YAML of extra device profiles for the decode estimates (docs/device_results.md)
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
 @dataclass
 class StudyConfig:
-    eval_windows: int = 64  # held-out windows of train.max_length tokens for perplexity (check.eval_dataset)
-    lm_eval_tasks: list[str] = field(default_factory=list)  # lm-eval harness tasks (needs `pip install lm-eval`)
+    eval_windows: int = setting(64, min=1)  # held-out windows of train.max_length tokens for perplexity (check.eval_dataset)
+    lm_eval_tasks: list[str] = setting(factory=list, nonempty=True)  # lm-eval harness tasks (needs `pip install lm-eval`)
     lm_eval_include_path: str = ""  # a folder of your own lm-eval task YAML files (offline or custom tasks)
-    lm_eval_limit: int = 0  # 0: every example of each task
-    lm_eval_batch_size: int = 8
+    lm_eval_limit: int = setting(0, min=0)  # 0: every example of each task
+    lm_eval_batch_size: int = setting(8, min=1)
 
 
 @dataclass
 class RunConfig:
-    output_dir: str = "edgeqat-out"
+    output_dir: str = setting("edgeqat-out", nonempty=True)
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -136,11 +158,17 @@ def _build(cls, data: Any, where: str):
     return cls(**kwargs)
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A value for an error line: its repr, shortened so that the line's point stays visible."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({type(value).__name__}, {len(text)} chars)"
+
+
 def _coerce(value, hint, where: str):
     """Checks a value against its annotation; YAML's ints are accepted for floats."""
     if typing.get_origin(hint) is list:  # get_args(list[str]) is (str,): the item type, not alternatives
         if not isinstance(value, list):
-            raise EdgeqatError(f"config key {where}: expected a list, got {value!r}")
+            raise EdgeqatError(f"config key {where}: expected a list, got {shown(value)}")
         (item,) = typing.get_args(hint)
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
@@ -160,24 +188,20 @@ def _coerce(value, hint, where: str):
         if isinstance(origin, type) and isinstance(value, origin):
             return value
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
-    raise EdgeqatError(f"config key {where}: expected {names}, got {value!r}")
+    raise EdgeqatError(f"config key {where}: expected {names}, got {shown(value)}")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Reads a YAML file (or nothing: the defaults) and applies dotted overrides like {'train.max_steps': 5}."""
+    from edgeqat.yaml_file import load_yaml
+
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise EdgeqatError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise EdgeqatError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        data = load_yaml(path, "config file")
+        data = {} if data is None else data
         if not isinstance(data, dict):
-            raise EdgeqatError(f"{path}: the top level must be a mapping of sections (train:, quant:, ...)")
+            raise EdgeqatError(f"{path}: the top level must be a mapping of sections (train:, quant:, ...), "
+                               f"not a {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -186,61 +210,67 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise EdgeqatError(f"config section {p!r} must be a mapping, got {node!r}")
+                raise EdgeqatError(f"config section {p!r} must be a mapping, got {shown(node)}")
         node[leaf] = value
     config = _build(RunConfig, data, "")
     validate(config)
     return config
 
 
+def _rule_problem(name: str, value: Any, rules: dict[str, Any]) -> str | None:
+    """What is wrong with one field's value under its rules (None: nothing)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    if isinstance(value, list):
+        if len(value) < rules.get("min_items", 0):
+            return f"{name} must list at least {rules['min_items']} item{'s' if rules['min_items'] > 1 else ''}"
+        empty = [i for i, item in enumerate(value) if rules.get("nonempty") and not str(item).strip()]
+        return f"{name}[{empty[0]}] is empty; give it some text" if empty else None
+    if value is None:
+        return None
+    if "choices" in rules and value not in rules["choices"]:
+        choices = [str(c) for c in rules["choices"]]
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.8) if isinstance(value, str) else []
+        hint = f"did you mean {close[0]!r}?" if close else f"choose one of: {', '.join(choices)}"
+        return f"unknown {name} {shown(value)}; {hint}"
+    if rules.get("nonempty") and isinstance(value, str) and not value.strip():
+        return f"{name} is empty; give a value"
+    for rule, fails, says in (("min", lambda v, r: v < r, "at least"), ("max", lambda v, r: v > r, "at most"),
+                              ("above", lambda v, r: v <= r, "more than")):
+        if rule in rules and fails(value, rules[rule]):
+            return f"{name} must be {says} {rules[rule]}, got {value}"
+    return None
+
+
+def _check_fields(config: Any, where: str) -> None:
+    for f in dataclasses.fields(config):
+        value, name = getattr(config, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, name)
+        elif problem := _rule_problem(name, value, f.metadata.get("rules", {})):
+            raise EdgeqatError(problem)
+
+
 def validate(config: RunConfig) -> None:
-    from edgeqat.schemes import EMBEDDING_BITS, get_scheme
+    """Types and ranges of every field, then what depends on more than one field or on the disk."""
+    from edgeqat.schemes import get_scheme
 
+    _check_fields(config, "")
     get_scheme(config.quant.scheme)
-    if config.train.mode not in MODES:
-        raise EdgeqatError(f"unknown mode {config.train.mode!r}; choose one of: {', '.join(MODES)}")
-    if config.quant.group_size is not None and config.quant.group_size < 0:
-        raise EdgeqatError(f"group size must be positive or 0 (per-channel), got {config.quant.group_size}")
-    if config.quant.embedding_bits is not None and config.quant.embedding_bits not in EMBEDDING_BITS:
-        raise EdgeqatError(f"embedding bits must be one of {EMBEDDING_BITS}, got {config.quant.embedding_bits}")
-    if config.train.device not in ("auto", "cpu", "cuda"):
-        raise EdgeqatError(f"device must be auto, cpu or cuda, got {config.train.device!r}")
-    for name in ("max_steps", "batch_size", "max_length", "gradient_accumulation_steps"):
-        if getattr(config.train, name) < 1:
-            raise EdgeqatError(f"train.{name} must be at least 1")
-    for name in ("save_steps", "logging_steps", "lora_rank"):
-        if getattr(config.train, name) < 0:
-            raise EdgeqatError(f"train.{name} must be 0 or more")
-    if config.train.save_total_limit < 2:
-        raise EdgeqatError("train.save_total_limit must be at least 2, so that a complete checkpoint survives a crash")
-    if not 0 <= config.train.warmup_ratio < 1:
-        raise EdgeqatError(f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}")
-    _check_scheduler(config.train.lr_scheduler)
-    if config.train.attn_implementation not in ATTENTION:
-        raise EdgeqatError(f"train.attn_implementation must be one of {', '.join(ATTENTION)}, got {config.train.attn_implementation!r}")
-    if config.train.fake_quant_kernels not in FAKE_QUANT_KERNELS:
-        raise EdgeqatError(f"train.fake_quant_kernels must be one of {', '.join(FAKE_QUANT_KERNELS)}, "
-                           f"got {config.train.fake_quant_kernels!r}")
-    if config.check.threads < 1 or config.check.eval_windows < 1 or config.check.decode_tokens < 1:
-        raise EdgeqatError("check.threads, check.eval_windows and check.decode_tokens must be at least 1")
-    if config.check.layer_debug not in LAYER_DEBUG:
-        raise EdgeqatError(f"check.layer_debug must be one of {', '.join(LAYER_DEBUG)}, got {config.check.layer_debug!r}")
-    if config.check.reference_device not in REFERENCE_DEVICES:
-        raise EdgeqatError(f"check.reference_device must be one of {', '.join(REFERENCE_DEVICES)}, "
-                           f"got {config.check.reference_device!r}")
-    if config.check.device_profiles and not Path(config.check.device_profiles).is_file():
-        raise EdgeqatError(f"device profiles file not found: {config.check.device_profiles}")
-    if config.study.eval_windows < 1:
-        raise EdgeqatError("study.eval_windows must be at least 1")
-    if config.export.max_seq_len < 2:
-        raise EdgeqatError("export.max_seq_len must be at least 2")
+    if config.check.device_profiles:
+        from edgeqat.runtime_check.device_profiles import load_profiles
+
+        load_profiles(config.check.device_profiles)  # read now, not after minutes of training and export
+    _check_local_sources(config)
 
 
-def _check_scheduler(name: str) -> None:
-    if name not in LR_SCHEDULERS:
-        close = difflib.get_close_matches(name, LR_SCHEDULERS, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"choose one of: {', '.join(LR_SCHEDULERS)}"
-        raise EdgeqatError(f"unknown train.lr_scheduler {name!r}; {hint}")
+def _check_local_sources(config: RunConfig) -> None:
+    """Model and dataset names that are local paths must exist (and be of the right kind) before any stage."""
+    from edgeqat.paths import resolve_source
+
+    resolve_source(config.train.model, Path(), "model path", folder_only=True)
+    resolve_source(config.train.dataset, Path(), "dataset")
+    resolve_source(config.check.eval_dataset, Path(), "evaluation dataset")
 
 
 def group_size_of(quant: QuantConfig) -> int:

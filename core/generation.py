@@ -17,6 +17,21 @@ def prefill_positions(start: int, length: int) -> torch.Tensor:
     return torch.arange(start, start + length, dtype=torch.long)
 
 
+def prompt_ids(tokenizer, text: str, max_seq_len: int, what: str = "prompt") -> list[int]:
+    """A prompt's token ids, refused when it has none or leaves no room in the KV cache for a new token."""
+    from edgeqat.config import shown
+    from edgeqat.errors import EdgeqatError
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise EdgeqatError(f"{what} {shown(text)} has no tokens; give it some text")
+    if len(ids) >= max_seq_len:
+        raise EdgeqatError(f"{what} {shown(text, 40)} is {len(ids)} tokens, but the KV cache holds {max_seq_len} "
+                           f"(max_seq_len), so a prompt must be 1 to {max_seq_len - 1} tokens: shorten it or raise "
+                           "--max-seq-len (re-export)")
+    return ids
+
+
 def greedy(forward: Forward, prompt_ids: list[int], new_tokens: int, max_seq_len: int) -> list[int]:
     """The ``new_tokens`` greedy continuation of ``prompt_ids`` (stops early only at max_seq_len)."""
     if not prompt_ids:

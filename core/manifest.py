@@ -1,89 +1,84 @@
 """The bundle manifest: what an app (or `edgeqat check`) needs to trust and run a `.pte`.
 
 A bundle is a folder: ``model.pte``, the tokenizer files, and ``manifest.json``. The manifest is
-validated against ``MANIFEST_SCHEMA`` (required keys and types) before anything else is read, and every
-file it lists is checked against its sha256 and must stay inside the bundle folder.
+validated completely against its JSON Schema (schemas/manifest.schema.json: keys, types, ranges, lengths)
+and the cross-field rules a schema cannot say (ids below vocab_size, golden sequences within max_seq_len)
+before anything else is read, and every file it lists is checked against its sha256 and must stay inside
+the bundle folder.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 from edgeqat.artifacts import verify_files
 from edgeqat.errors import EdgeqatError
+from edgeqat.json_file import load_json, schema_problem
+from edgeqat.paths import require_folder
 
 MANIFEST = "manifest.json"
 FORMAT = "edgeqat-bundle"
 FORMAT_VERSION = 1
-
-# key -> type (or nested schema). Extra keys are allowed, so newer minor additions stay readable.
-MANIFEST_SCHEMA: dict[str, Any] = {
-    "format": str,
-    "format_version": int,
-    "program": str,
-    "tokenizer": str,
-    "model": {
-        "architecture": str,
-        "model_type": str,
-        "vocab_size": int,
-        "bos_id": (int, type(None)),
-        "eos_ids": list,
-        "max_seq_len": int,
-    },
-    "quantization": {"mode": str, "scheme": str, "group_size": (int, type(None)), "embedding_bits": (int, type(None))},
-    "export": {"method": str, "dynamic_seq_len": bool, "linear_layers": int, "linear_layers_delegated": int},
-    "golden": list,
-    "versions": dict,
-    "files": dict,
-}
-GOLDEN_SCHEMA: dict[str, Any] = {"prompt": str, "prompt_ids": list, "generated_ids": list, "text": str}
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "manifest.schema.json"
+REEXPORT = "re-export the bundle"
 
 
-def _check(data: Any, schema: dict[str, Any], where: str) -> None:
-    if not isinstance(data, dict):
-        raise EdgeqatError(f"manifest {where or 'top level'}: expected an object")
-    for key, expected in schema.items():
-        path = f"{where}.{key}" if where else key
-        if key not in data:
-            raise EdgeqatError(f"manifest is missing {path!r}; re-export the bundle")
-        if isinstance(expected, dict):
-            _check(data[key], expected, path)
-        elif not isinstance(data[key], expected) or (expected is int and isinstance(data[key], bool)):
-            raise EdgeqatError(f"manifest {path!r} has the wrong type ({type(data[key]).__name__}); re-export the bundle")
+@functools.cache
+def manifest_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _consistency_problem(data: dict[str, Any]) -> str | None:
+    """What the schema cannot say: names that must be listed, ids below the vocabulary, sequences that fit."""
+    for key in ("program", "tokenizer"):
+        if data[key] not in data["files"]:
+            return f"{key} names {data[key]!r} but 'files' does not list it"
+    model = data["model"]
+    vocab, max_seq_len = model["vocab_size"], model["max_seq_len"]
+    for where, ids in (("model.bos_id", [model["bos_id"]] if model["bos_id"] is not None else []),
+                       ("model.eos_ids", model["eos_ids"])):
+        if any(i >= vocab for i in ids):
+            return f"{where}: {max(ids)} is not below vocab_size {vocab}"
+    for i, golden in enumerate(data["golden"]):
+        for key in ("prompt_ids", "generated_ids"):
+            if max(golden[key]) >= vocab:
+                return f"golden[{i}].{key}: {max(golden[key])} is not below vocab_size {vocab}"
+        if len(golden["prompt_ids"]) + len(golden["generated_ids"]) > max_seq_len:
+            return f"golden[{i}]: {len(golden['prompt_ids'])} prompt and {len(golden['generated_ids'])} generated ids do not fit max_seq_len {max_seq_len}"
+    export = data["export"]
+    if export["linear_layers_delegated"] > export["linear_layers"]:
+        return f"export.linear_layers_delegated ({export['linear_layers_delegated']}) is more than linear_layers ({export['linear_layers']})"
+    return None
 
 
 def validate_manifest(data: Any) -> dict[str, Any]:
+    """``data`` if it is a complete, consistent format-1 manifest; else one line naming the first problem."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise EdgeqatError(f"not an edgeqat bundle manifest (format is not {FORMAT!r})")
     version = data.get("format_version")
-    if isinstance(version, int) and version > FORMAT_VERSION:
-        raise EdgeqatError(
-            f"bundle format version {version} is newer than this edgeqat reads ({FORMAT_VERSION}); upgrade edgeqat"
-        )
-    _check(data, MANIFEST_SCHEMA, "")
-    for i, golden in enumerate(data["golden"]):
-        _check(golden, GOLDEN_SCHEMA, f"golden[{i}]")
-    for name in (data["program"], data["tokenizer"]):
-        if name not in data["files"]:
-            raise EdgeqatError(f"manifest names {name!r} but does not list its sha256 under 'files'")
+    if isinstance(version, int) and not isinstance(version, bool):
+        if version > FORMAT_VERSION:
+            raise EdgeqatError(
+                f"bundle format version {version} is newer than this edgeqat reads ({FORMAT_VERSION}); upgrade edgeqat"
+            )
+        if version < 1:
+            raise EdgeqatError(f"bundle format version {version} never existed (the first is 1); {REEXPORT}")
+    problem = schema_problem(manifest_schema(), data) or _consistency_problem(data)
+    if problem:
+        raise EdgeqatError(f"manifest {problem}; {REEXPORT}")
     return data
 
 
 def load_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     """The validated manifest of a bundle whose files are all present and unchanged."""
-    bundle_dir = Path(bundle_dir)
+    bundle_dir = require_folder(bundle_dir, "bundle", "give the folder `edgeqat export` wrote")
     path = bundle_dir / MANIFEST
-    if not bundle_dir.is_dir():
-        raise EdgeqatError(f"bundle not found: {bundle_dir}")
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise EdgeqatError(f"{bundle_dir} has no {MANIFEST}; is it a bundle made by `edgeqat export`?")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgeqatError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
-    manifest = validate_manifest(data)
+    manifest = validate_manifest(load_json(path, "manifest", REEXPORT))
     problems = verify_files(bundle_dir, manifest["files"])
     if problems:
         raise EdgeqatError(f"bundle {bundle_dir} failed verification: {'; '.join(problems)}")

@@ -16,6 +16,8 @@ from pathlib import Path
 from edgeqat.artifacts import is_valid_artifact, read_record
 from edgeqat.config import RunConfig, to_dict
 from edgeqat.errors import EdgeqatError
+from edgeqat.ownership import check_output, removed_if_left_empty
+from edgeqat.paths import local_path
 
 log = logging.getLogger("edgeqat")
 
@@ -23,6 +25,22 @@ log = logging.getLogger("edgeqat")
 def stage_dirs(output_dir: str | Path) -> dict[str, Path]:
     root = Path(output_dir)
     return {name: root / name for name in ("checkpoint", "converted", "bundle", "report")}
+
+
+STAGES = {"checkpoint": "train", "converted": "convert", "bundle": "export", "report": "check"}
+
+
+def check_outputs(dirs: dict[str, Path], stages: dict[str, str], config: RunConfig) -> None:
+    """Refuses, before any stage runs, a run whose output folders (or the training's progress folders) it
+    may not replace, or that hold one of its inputs."""
+    from edgeqat.train.checkpointing import ensure_progress_is_ours
+
+    inputs = {"--model": local_path(config.train.model), "--dataset": local_path(config.train.dataset),
+              "--eval-dataset": local_path(config.check.eval_dataset)}
+    for name, stage in stages.items():
+        check_output(dirs[name], stage, inputs)
+        if stage == "train":
+            ensure_progress_is_ours(dirs[name])
 
 
 def _bundle_is_current(bundle: Path, converted: Path, config: RunConfig) -> bool:
@@ -40,12 +58,18 @@ def _bundle_is_current(bundle: Path, converted: Path, config: RunConfig) -> bool
 
 def run(config: RunConfig, resume: bool = False) -> dict:
     """Runs (or resumes) the pipeline; returns the check report. ``resume`` continues an interrupted training."""
+    dirs = stage_dirs(config.output_dir)
+    check_outputs(dirs, STAGES, config)
+    with removed_if_left_empty(Path(config.output_dir)):
+        return _run_stages(config, dirs, resume)
+
+
+def _run_stages(config: RunConfig, dirs: dict[str, Path], resume: bool) -> dict:
     from edgeqat.export.bundle import export_bundle
     from edgeqat.runtime_check.check import check, is_report_for, raise_on_failure
     from edgeqat.train.convert import convert, converted_config
     from edgeqat.train.finetune import stage_config, train
 
-    dirs = stage_dirs(config.output_dir)
     timings: dict[str, float] = {}
 
     def stage(name: str, current: bool, work) -> None:

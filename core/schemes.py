@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from edgeqat.config import EMBEDDING_BITS
 from edgeqat.errors import EdgeqatError
 
 PER_CHANNEL = 0  # group_size 0 means one scale per output channel
@@ -50,7 +51,6 @@ SCHEMES: dict[str, Scheme] = {
         ),
     )
 }
-EMBEDDING_BITS = (4, 8)
 
 
 def get_scheme(name: str) -> Scheme:

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, ensure_replaceable, hash_files, versions, write_json_atomic
+from edgeqat.artifacts import atomic_dir, hash_files, versions, write_json_atomic
 from edgeqat.config import ExportConfig, to_dict
 from edgeqat.errors import EdgeqatError
 from edgeqat.export.kv_cache import cached_decoder, eager_forward, export_decoder
 from edgeqat.export.lower import lower_to_xnnpack
-from edgeqat.generation import greedy
+from edgeqat.generation import greedy, prompt_ids
 from edgeqat.manifest import FORMAT, FORMAT_VERSION, MANIFEST
+from edgeqat.ownership import check_output
 from edgeqat.schemes import get_scheme
 from edgeqat.train.convert import load_converted, read_checked_record
 
@@ -51,17 +52,7 @@ def check_tokenizer_matches(tokenizer, vocab_size: int) -> None:
 
 def golden_prompt_ids(tokenizer, prompts: list[str], max_seq_len: int) -> list[list[int]]:
     """The prompts' token ids, each checked to leave room in the KV cache for at least one new token."""
-    all_ids = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if not ids or len(ids) >= max_seq_len:
-            shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."
-            raise EdgeqatError(
-                f"golden prompt {shown!r} is {len(ids)} tokens; it must be 1 to {max_seq_len - 1} "
-                f"(max_seq_len {max_seq_len}): shorten it or raise --max-seq-len"
-            )
-        all_ids.append(ids)
-    return all_ids
+    return [prompt_ids(tokenizer, prompt, max_seq_len, "golden prompt") for prompt in prompts]
 
 
 def golden_outputs(decoder, tokenizer, prompts: list[str], new_tokens: int, max_seq_len: int) -> list[dict]:
@@ -75,7 +66,7 @@ def golden_outputs(decoder, tokenizer, prompts: list[str], new_tokens: int, max_
 
 def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: ExportConfig) -> Path:
     converted_dir, bundle_dir = Path(converted_dir), Path(bundle_dir)
-    ensure_replaceable(bundle_dir, "export")
+    check_output(bundle_dir, "export", {"converted model": converted_dir})
     record = read_checked_record(converted_dir, "convert")
     if record["quantized"]:
         blocker = get_scheme(record["scheme"]).export_blocker

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, ensure_replaceable, sha256_file, versions, write_json_atomic, write_text_atomic
+from edgeqat.artifacts import atomic_dir, sha256_file, versions, write_json_atomic, write_record, write_text_atomic
 from edgeqat.config import CheckConfig, to_dict
-from edgeqat.errors import CheckFailed, EdgeqatError
-from edgeqat.generation import greedy, prefill_positions
+from edgeqat.errors import CheckFailed
+from edgeqat.generation import greedy, prefill_positions, prompt_ids
 from edgeqat.manifest import MANIFEST, load_bundle
+from edgeqat.ownership import check_output
 from edgeqat.paths import DEFAULT_EVAL_DATA
 from edgeqat.runtime_check import latency, metrics
 from edgeqat.runtime_check.comparison import compare_on_windows, greedy_side_by_side
@@ -43,12 +44,7 @@ def _user_prompts(tokenizer, prompts: list[str], new_tokens: int, max_seq_len: i
     """(text, ids, new tokens) of ``check.prompts``; a prompt that leaves no room in the KV cache is refused."""
     out = []
     for text in prompts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids or len(ids) >= max_seq_len:
-            shown = text if len(text) <= 40 else text[:37] + "..."
-            raise EdgeqatError(f"prompt {shown!r} is {len(ids)} tokens; the bundle's max_seq_len is {max_seq_len}, so a "
-                               f"prompt must be 1 to {max_seq_len - 1} tokens (shorten it or re-export with a larger "
-                               f"--max-seq-len)")
+        ids = prompt_ids(tokenizer, text, max_seq_len)
         out.append((text, ids, min(new_tokens, max_seq_len - len(ids))))
     return out
 
@@ -158,7 +154,8 @@ def check(
     from edgeqat.runtime_check.device_results import load_device_results
 
     bundle_dir, report_dir = Path(bundle_dir), Path(report_dir)
-    ensure_replaceable(report_dir, "check")
+    check_output(report_dir, "check", {"bundle": bundle_dir, "--reference": converted, "--unquantized": unquantized,
+                                       **{f"--device-results {f}": f for f in device_results}})
     manifest = load_bundle(bundle_dir)
     manifest_sha, program_sha = sha256_file(bundle_dir / MANIFEST), sha256_file(bundle_dir / manifest["program"])
     results = [load_device_results(f, manifest_sha, program_sha) for f in device_results]  # bad input before any work
@@ -230,6 +227,7 @@ def _write(report_dir: Path, report: dict) -> None:
         write_json_atomic(tmp / REPORT_JSON, report)
         write_text_atomic(tmp / REPORT_MD, render_markdown(report))
         write_text_atomic(tmp / REPORT_HTML, render_html(report))
+        write_record(tmp, "check", report["config"], manifest_sha256=report["manifest_sha256"])  # last: the folder is edgeqat's
 
 
 def raise_on_failure(report: dict) -> None:

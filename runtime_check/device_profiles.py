@@ -11,9 +11,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgeqat.errors import EdgeqatError
+from edgeqat.yaml_file import load_yaml
 
 
 @dataclass(frozen=True)
@@ -183,14 +182,7 @@ def load_profiles(path: str | Path | None = None) -> list[DeviceProfile]:
     if path is None:
         return builtin
     path = Path(path)
-    if not path.is_file():
-        raise EdgeqatError(f"device profiles file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise EdgeqatError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    data = load_yaml(path, "device profiles file")
     if not isinstance(data, dict) or not isinstance(data.get("profiles"), list) or not data["profiles"]:
         raise EdgeqatError(f"{path}: expected a mapping with a non-empty list under 'profiles:' (see docs/device_results.md)")
     unknown = sorted(set(data) - {"profiles", "include_builtin"})

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgeqat.errors import EdgeqatError
+from edgeqat.json_file import load_json, schema_problem
 from edgeqat.runtime_check.device_profiles import normalize_name
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "device_results.schema.json"
@@ -23,33 +24,6 @@ FORMAT_DOC = "docs/device_results.md"
 @functools.cache
 def device_results_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text())
-
-
-def _json_path(parts: Iterable[str | int]) -> str:
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _schema_problem(data: Any) -> str | None:
-    """The most relevant schema violation as 'json.path: what is wrong', or None."""
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
-
-    validator = Draft202012Validator(device_results_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
-    error = best_match(validator.iter_errors(data))
-    if error is None:
-        return None
-    parts = list(error.absolute_path)
-    if error.validator == "required":
-        missing = next(k for k in error.validator_value if k not in error.instance)
-        return f"{_json_path([*parts, missing])} is missing"
-    message = " ".join(error.message.split())
-    if error.validator == "pattern" and "description" in error.schema:  # a regex says little to an app developer
-        message = f"{error.instance!r} is not {error.schema['description']}"
-    message = message if len(message) <= 160 else message[:157] + "..."
-    return f"{_json_path(parts) or 'the top level'}: {message}"
 
 
 def _consistency_problem(data: dict[str, Any]) -> str | None:
@@ -67,7 +41,7 @@ def validate_device_results(data: Any, where: str = "device results") -> dict[st
         raise EdgeqatError(
             f"{where}: schema_version {version} is newer than this edgeqat reads ({SCHEMA_VERSION}); upgrade edgeqat"
         )
-    problem = _schema_problem(data) or _consistency_problem(data)
+    problem = schema_problem(device_results_schema(), data) or _consistency_problem(data)
     if problem:
         raise EdgeqatError(f"{where}: {problem}; fix what the app writes (format: {FORMAT_DOC})")
     return data
@@ -77,14 +51,7 @@ def load_device_results(path: str | Path, manifest_sha256: str, program_sha256: 
     """The validated results file at ``path``, which must be of the bundle with these sha256s."""
     path = Path(path)
     where = f"device results {path}"
-    if not path.is_file():
-        raise EdgeqatError(f"device results file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise EdgeqatError(f"{where} is not UTF-8 text; the apps write UTF-8 JSON") from None
-    except json.JSONDecodeError as e:
-        raise EdgeqatError(f"{where} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    data = load_json(path, "device results file", "the apps write UTF-8 JSON")
     validate_device_results(data, where)
     for key, expected in (("manifest_sha256", manifest_sha256), ("program_sha256", program_sha256)):
         found = data["bundle"][key]

@@ -1,13 +1,15 @@
 """ExecuTorch's C++ code writes to file descriptors 1 and 2 directly; keep the CLI's streams clean of it.
 
-stdout carries results (`check --json`), and a user error is one line on stderr: native output is moved
-or held, and a held native log is folded into the error it explains.
+stdout carries results (`check --json`), and a user error is one line on stderr: native output is held,
+logged at debug level (shown with --debug) when all went well, and folded into the error it explains
+when something failed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import sys
@@ -17,19 +19,7 @@ from typing import Callable
 
 from edgeqat.errors import EdgeqatError
 
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """The C++ LLM runner prints tokens and stats to file descriptor 1."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+log = logging.getLogger("edgeqat")
 
 
 @dataclass
@@ -43,24 +33,27 @@ class NativeLog:
 
 
 @contextlib.contextmanager
-def held_stderr():
-    """Holds what native code writes to stderr while the block runs (in ``NativeLog.text`` after).
-
-    Both paths: file descriptor 2, and Python's sys.stderr, which ExecuTorch's bindings log through.
-    """
+def held_output(fds: tuple[int, ...] = (2,)):
+    """Holds what native code writes to the file descriptors ``fds`` (2: stderr, 1: stdout) while the block
+    runs, in ``NativeLog.text`` after it. For stderr both paths: the descriptor, and Python's sys.stderr,
+    which ExecuTorch's bindings log through."""
+    sys.stdout.flush()
     sys.stderr.flush()
     log = NativeLog()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in fds}
     python_side = io.StringIO()
     with tempfile.TemporaryFile() as held:
         try:
-            os.dup2(held.fileno(), 2)
-            with contextlib.redirect_stderr(python_side):
+            for fd in fds:
+                os.dup2(held.fileno(), fd)
+            with contextlib.redirect_stderr(python_side) if 2 in fds else contextlib.nullcontext():
                 yield log
         finally:
+            sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
             held.seek(0)
             log.text = held.read().decode(errors="replace") + python_side.getvalue()
 
@@ -68,12 +61,15 @@ def held_stderr():
 @contextlib.contextmanager
 def native_errors(describe: Callable[[str], str], errors: tuple[type[BaseException], ...] = (RuntimeError,)):
     """Runs the block with native stderr held; one of ``errors`` becomes an EdgeqatError whose message is
-    ``describe(reason)``, the reason being the held native log on one line (or the exception's text)."""
+    ``describe(reason)``, the reason being the held native log on one line (or the exception's text).
+    Without an error the held log goes to the debug log."""
     failure = None
-    with held_stderr() as native:
+    with held_output() as native:
         try:
             yield native
         except errors as e:
             failure = e
     if failure is not None:
         raise EdgeqatError(describe(native.reason() or str(failure))) from None
+    if native.text.strip():
+        log.debug("ExecuTorch:\n%s", native.text.rstrip())

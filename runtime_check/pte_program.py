@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
 from edgeqat.errors import EdgeqatError
 from edgeqat.runtime_check.native_output import native_errors
-
-log = logging.getLogger("edgeqat")
 
 
 class PteProgram:
@@ -22,11 +19,15 @@ class PteProgram:
 
         path = Path(bundle_dir) / manifest["program"]
         with native_errors(lambda why: f"ExecuTorch cannot load {path}: {why}; re-export the bundle",
-                           (RuntimeError, ValueError)) as native:
+                           (RuntimeError, ValueError)):
             self._program = Runtime.get().load_program(path)
-            self._method = self._program.load_method(manifest["export"]["method"])
-        if native.text.strip():
-            log.debug("ExecuTorch: %s", native.text.strip())
+        method = manifest["export"]["method"]
+        if method not in self._program.method_names:
+            raise EdgeqatError(f"the manifest names the method {method!r} but {path.name} has only "
+                               f"{', '.join(sorted(self._program.method_names))}; re-export the bundle")
+        with native_errors(lambda why: f"ExecuTorch cannot load the method {method!r} of {path}: {why}; re-export "
+                           "the bundle", (RuntimeError, ValueError)):
+            self._method = self._program.load_method(method)
         self.max_seq_len = self._constant("get_max_seq_len")
         self.vocab_size = self._constant("get_vocab_size")
         model = manifest["model"]
@@ -43,7 +44,7 @@ class PteProgram:
     def _constant(self, name: str) -> int:
         try:
             return int(self._program.load_method(name).execute([])[0])
-        except (RuntimeError, ValueError):
+        except (RuntimeError, ValueError, KeyError):  # KeyError: no such method
             raise EdgeqatError(f"the .pte has no {name} metadata method; re-export it with edgeqat export") from None
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from edgeqat.config import REFERENCE_DEVICES
-from edgeqat.errors import EdgeqatError
+from edgeqat.errors import EdgeqatError, first_line
 from edgeqat.generation import Forward
+from edgeqat.paths import require_folder
 
 log = logging.getLogger("edgeqat")
 CONVERTED_CPU = "eager converted (cpu)"  # the gates compare with this one: the model the bundle was exported from
@@ -68,11 +69,14 @@ def load_references(manifest: dict, converted: str | None, unquantized: str | No
     from edgeqat.train.convert import load_converted, read_checked_record
 
     gpu = reference_device(device_choice)
-    converted_dir = Path(converted or manifest.get("source", {}).get("converted", ""))
-    if not (converted_dir / "edgeqat.json").is_file():
-        raise EdgeqatError(
-            f"the converted model behind this bundle was not found ({converted_dir}); pass it with --reference"
-        )
+    if converted:
+        converted_dir = require_folder(converted, "--reference", "give the converted model's folder")
+    else:
+        converted_dir = Path(manifest.get("source", {}).get("converted", ""))
+        if not (converted_dir / "edgeqat.json").is_file():
+            raise EdgeqatError(
+                f"the converted model behind this bundle was not found ({converted_dir}); pass it with --reference"
+            )
     record = read_checked_record(converted_dir, "convert")
     if record["files"] != manifest.get("source", {}).get("converted_files"):
         raise EdgeqatError(f"{converted_dir} is not the converted model this bundle was exported from (its files differ)")
@@ -83,14 +87,23 @@ def load_references(manifest: dict, converted: str | None, unquantized: str | No
         try:
             references.append(Reference("converted (cuda)", "converted", gpu, converted_dir, copy.deepcopy(model).to(gpu)))
         except (RuntimeError, NotImplementedError) as e:  # a quantized tensor layout without a CUDA kernel
-            skipped.append({"name": "converted (cuda)", "why": str(e).splitlines()[0]})
+            skipped.append({"name": "converted (cuda)", "why": first_line(e)})
             log.warning("the converted model does not run on the GPU (%s); comparing with it on the CPU only", skipped[-1]["why"])
 
-    float_dir = Path(unquantized or record.get("source", ""))
+    if unquantized:  # asked for by name: it must be there
+        float_dir = require_folder(unquantized, "--unquantized", "give the unquantized checkpoint's folder")
+        if not (float_dir / "config.json").is_file():
+            raise EdgeqatError(f"--unquantized {float_dir} has no config.json; give a checkpoint folder (edgeqat train's output)")
+    else:
+        float_dir = Path(record.get("source") or "")
     if (float_dir / "config.json").is_file():
         # On a GPU in bf16, the way it was fine-tuned; on the CPU in fp32 (bf16 matmuls are slow there).
         dtype, where = (torch.bfloat16, gpu) if gpu is not None else (torch.float32, torch.device("cpu"))
-        float_model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=dtype).to(where).eval()
+        try:
+            float_model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=dtype).to(where).eval()
+        except Exception as e:  # the unquantized checkpoint is not sha-checked: its weights may be damaged
+            raise EdgeqatError(f"cannot load the unquantized model {float_dir} ({first_line(e)}); "
+                               "pass a good one with --unquantized") from None
         references.append(Reference(f"unquantized ({where.type})", "unquantized", where, float_dir, float_model))
     else:
         skipped.append({"name": "unquantized", "why": f"not found ({float_dir}); pass it with --unquantized"})

@@ -21,6 +21,7 @@ from edgeqat.artifacts import (
     write_record,
 )
 from edgeqat.errors import EdgeqatError
+from edgeqat.ownership import TEMPORARY_MARKER
 
 
 class Boom(Exception):
@@ -45,7 +46,9 @@ def _make_artifact(folder, stage="train", config=None):
 def test_atomic_dir_creates_the_folder(tmp_path):
     dest = tmp_path / "out" / "artifact"
     with atomic_dir(dest, "check") as tmp:
-        assert tmp.parent == dest.parent and tmp != dest
+        # built inside a marked temporary sibling, so the marker never becomes part of the artifact
+        assert tmp.name == dest.name and tmp.parent.parent == dest.parent
+        assert tmp.parent.name.startswith(".artifact.edgeqat-") and (tmp.parent / TEMPORARY_MARKER).is_file()
         assert not dest.exists()  # nothing at the destination until the body is done
         (tmp / "a.txt").write_text("new")
     assert (dest / "a.txt").read_text() == "new"
@@ -53,25 +56,29 @@ def test_atomic_dir_creates_the_folder(tmp_path):
     assert oct(dest.stat().st_mode & 0o777) == oct(0o755)
 
 
-def test_atomic_dir_replaces_an_existing_folder(tmp_path):
-    dest = tmp_path / "artifact"
+def _old_report(dest):
     dest.mkdir()
     (dest / "report.json").write_text("old")
+    write_record(dest, "check", {})
+
+
+def test_atomic_dir_replaces_an_existing_folder(tmp_path):
+    dest = tmp_path / "artifact"
+    _old_report(dest)
     with atomic_dir(dest, "check") as tmp:
         (tmp / "new.txt").write_text("new")
     assert _entries(dest) == ["new.txt"]
-    assert _entries(tmp_path) == ["artifact"]  # no .old or .tmp folders left
+    assert _entries(tmp_path) == ["artifact"]  # no temporary sibling left
 
 
 def test_atomic_dir_keeps_the_old_folder_when_the_body_raises(tmp_path):
     dest = tmp_path / "artifact"
-    dest.mkdir()
-    (dest / "report.json").write_text("old")
+    _old_report(dest)
     with pytest.raises(Boom):
         with atomic_dir(dest, "check") as tmp:
             (tmp / "half.txt").write_text("half")
             raise Boom()
-    assert _entries(dest) == ["report.json"]
+    assert _entries(dest) == [RECORD, "report.json"]
     assert (dest / "report.json").read_text() == "old"
     assert _entries(tmp_path) == ["artifact"]  # the temporary folder was removed
 

@@ -15,21 +15,9 @@ import pytest
 
 from conftest import run_cli
 from edgeqat.artifacts import hash_files, read_record, write_record
-from edgeqat.cli import main
 from edgeqat.manifest import MANIFEST
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("isolated")]
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory) -> dict[str, Path]:
-    """A real checkpoint, converted model and bundle of the embedded model (2 steps, 64-token cache)."""
-    root = tmp_path_factory.mktemp("artifacts")
-    paths = {name: root / name for name in ("ckpt", "conv", "bundle")}
-    assert main(["train", "--output", str(paths["ckpt"]), "--max-steps", "2", "--max-length", "64", "--device", "cpu"]) == 0
-    assert main(["convert", str(paths["ckpt"]), "--output", str(paths["conv"])]) == 0
-    assert main(["export", str(paths["conv"]), "--output", str(paths["bundle"]), "--max-seq-len", "64"]) == 0
-    return paths
 
 
 def _copy(source: Path, dest: Path) -> Path:
@@ -118,7 +106,7 @@ def test_tokenizer_larger_than_the_models_vocabulary(capsys, isolated, made):
 def test_golden_prompt_longer_than_max_seq_len(capsys, isolated, made):
     (isolated / "long.yaml").write_text("export:\n  golden_prompts: ['" + "wisdom " * 80 + "']\n")
     line = run_cli(capsys, "export", str(made["conv"]), "--output", "bundle", "--config", "long.yaml", "--max-seq-len", "64")
-    assert "golden prompt" in line and "it must be 1 to 63" in line and "--max-seq-len" in line
+    assert "golden prompt" in line and "must be 1 to 63 tokens" in line and "--max-seq-len" in line
     assert not (isolated / "bundle").exists()
 
 
@@ -160,7 +148,7 @@ def test_disk_full_while_writing_the_report(capsys, isolated, made, monkeypatch)
 
 def test_check_prompt_longer_than_max_seq_len(capsys, isolated, made):
     line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--prompt", "wisdom " * 80)
-    assert "prompt" in line and "max_seq_len is 64" in line and "--max-seq-len" in line
+    assert "prompt" in line and "the KV cache holds 64" in line and "--max-seq-len" in line
     assert not (isolated / "report").exists()
 
 

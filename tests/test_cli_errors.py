@@ -84,7 +84,7 @@ def test_convert_of_a_folder_that_is_not_a_checkpoint(capsys, isolated):
 
 def test_convert_of_a_missing_folder(capsys, isolated):
     line = run_cli(capsys, "convert", "missing", "--output", "conv")
-    assert "missing not found" in line
+    assert "checkpoint not found: missing; run `edgeqat train` to make it first" in line
     assert not (isolated / "conv").exists()
 
 
@@ -99,7 +99,7 @@ def test_convert_of_the_wrong_stage(capsys, isolated):
 
 def test_export_of_a_missing_folder(capsys, isolated):
     line = run_cli(capsys, "export", "missing", "--output", "bundle")
-    assert "missing not found" in line
+    assert "converted model not found: missing; run `edgeqat convert` to make it first" in line
     assert not (isolated / "bundle").exists()
 
 

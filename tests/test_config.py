@@ -197,11 +197,11 @@ def test_misspelt_override_is_caught():
 @pytest.mark.parametrize(
     "overrides,fragment",
     [
-        ({"train.mode": "int4"}, "unknown mode 'int4'"),
+        ({"train.mode": "int4"}, "unknown train.mode 'int4'; choose one of: qat, bf16, ptq"),
         ({"quant.scheme": "9bit"}, "unknown scheme '9bit'"),
-        ({"train.device": "tpu"}, "device must be auto, cpu or cuda"),
-        ({"quant.group_size": -32}, "group size must be positive or 0"),
-        ({"quant.embedding_bits": 3}, "embedding bits"),
+        ({"train.device": "tpu"}, "unknown train.device 'tpu'; choose one of: auto, cpu, cuda"),
+        ({"quant.group_size": -32}, "quant.group_size must be at least 0, got -32"),
+        ({"quant.embedding_bits": 3}, "unknown quant.embedding_bits 3; choose one of: 4, 8"),
         ({"train.max_steps": 0}, "train.max_steps must be at least 1"),
         ({"export.max_seq_len": 1}, "export.max_seq_len must be at least 2"),
     ],
@@ -216,13 +216,13 @@ def test_validate_rejects_a_config_built_in_code():
     config = RunConfig()
     validate(config)
     config.train.mode = "fp8"
-    with pytest.raises(EdgeqatError, match="unknown mode"):
+    with pytest.raises(EdgeqatError, match="unknown train.mode"):
         validate(config)
     config = RunConfig(quant=QuantConfig(scheme="nope"))
     with pytest.raises(EdgeqatError, match="unknown scheme"):
         validate(config)
     config = RunConfig(quant=QuantConfig(group_size=-1))
-    with pytest.raises(EdgeqatError, match="group size"):
+    with pytest.raises(EdgeqatError, match="quant.group_size"):
         validate(config)
     config = RunConfig()
     config.train.device = "gpu"

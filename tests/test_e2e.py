@@ -11,20 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import E2E_FAST
 from edgeqat.artifacts import read_record
 from edgeqat.cli import main
 from edgeqat.manifest import load_bundle
 from edgeqat.runtime_check.report_schema import validate_report
 
 pytestmark = pytest.mark.e2e
-FAST = ["--max-steps", "4", "--max-seq-len", "64"]
-
-
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("default") / "out"
-    assert main(["run", "--output", str(out), *FAST]) == 0
-    return out
+FAST = E2E_FAST  # the session's default_run (conftest) was made with these
 
 
 def test_run_leaves_a_bundle_whose_pte_matches_eager(default_run: Path):

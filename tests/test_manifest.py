@@ -9,7 +9,7 @@ import pytest
 
 from edgeqat.artifacts import hash_files
 from edgeqat.errors import EdgeqatError
-from edgeqat.manifest import FORMAT, FORMAT_VERSION, MANIFEST, MANIFEST_SCHEMA, load_bundle, validate_manifest
+from edgeqat.manifest import FORMAT, FORMAT_VERSION, MANIFEST, load_bundle, manifest_schema, validate_manifest
 
 
 def make_bundle(folder, **changes):
@@ -109,7 +109,7 @@ def test_invalid_json(tmp_path):
 def test_binary_garbage_manifest(tmp_path):
     make_bundle(tmp_path / "b")
     (tmp_path / "b" / MANIFEST).write_bytes(b"\xff\xfe\x00garbage")
-    assert "not valid JSON" in _error(tmp_path / "b")
+    assert "is not UTF-8 text (byte 0xff at offset 0)" in _error(tmp_path / "b")
 
 
 def test_not_an_edgeqat_manifest(tmp_path):
@@ -133,12 +133,12 @@ def test_future_format_version_says_upgrade(tmp_path):
 def test_missing_key(tmp_path, key):
     make_bundle(tmp_path / "b", **{key: DELETE})
     message = _error(tmp_path / "b")
-    assert f"missing {key!r}" in message
+    assert f"manifest {key} is missing; re-export the bundle" in message
 
 
 def test_missing_golden_key(tmp_path):
     make_bundle(tmp_path / "b", golden=[{"prompt": "hi", "prompt_ids": [1], "text": "x"}])
-    assert "missing 'golden[0].generated_ids'" in _error(tmp_path / "b")
+    assert "manifest golden[0].generated_ids is missing" in _error(tmp_path / "b")
 
 
 @pytest.mark.parametrize(
@@ -158,8 +158,8 @@ def test_missing_golden_key(tmp_path):
 def test_wrong_type(tmp_path, key, value):
     make_bundle(tmp_path / "b", **{key: value})
     message = _error(tmp_path / "b")
-    assert repr(key) in message or f"manifest {key}" in message
-    assert "wrong type" in message or "expected an object" in message
+    assert message.startswith(f"manifest {key}: ") and message.endswith("; re-export the bundle")
+    assert "is not of type" in message or "is not valid under any of the given schemas" in message
 
 
 def test_program_not_listed_in_files(tmp_path):
@@ -167,7 +167,7 @@ def test_program_not_listed_in_files(tmp_path):
     files = dict(written["files"])
     del files["model.pte"]
     make_bundle(tmp_path / "b", files=files)
-    assert "does not list its sha256" in _error(tmp_path / "b")
+    assert "program names 'model.pte' but 'files' does not list it" in _error(tmp_path / "b")
 
 
 def test_listed_file_missing(tmp_path):
@@ -197,14 +197,67 @@ def test_path_escaping_the_bundle(tmp_path):
 def test_validate_manifest_walks_the_whole_schema(tmp_path):
     written = make_bundle(tmp_path / "b")
     assert validate_manifest(copy.deepcopy(written)) == written
-    for key, expected in MANIFEST_SCHEMA.items():
+    schema = manifest_schema()
+    for key in schema["required"]:
         broken = copy.deepcopy(written)
         del broken[key]
         with pytest.raises(EdgeqatError):
             validate_manifest(broken)
-        if isinstance(expected, dict):
-            for sub in expected:
-                broken = copy.deepcopy(written)
-                del broken[key][sub]
-                with pytest.raises(EdgeqatError, match=f"missing '{key}.{sub}'"):
-                    validate_manifest(broken)
+        for sub in schema["properties"][key].get("required", []):
+            broken = copy.deepcopy(written)
+            del broken[key][sub]
+            with pytest.raises(EdgeqatError, match=f"manifest {key}.{sub} is missing"):
+                validate_manifest(broken)
+
+
+@pytest.mark.parametrize(
+    "changes,fragment",
+    [
+        ({"format_version": 0}, "format version 0 never existed"),
+        ({"model.vocab_size": 0}, "model.vocab_size: 0 is less than the minimum of 1"),
+        ({"model.max_seq_len": 1}, "model.max_seq_len: 1 is less than the minimum of 2"),
+        ({"model.eos_ids": [2, 999]}, "model.eos_ids: 999 is not below vocab_size 256"),
+        ({"model.bos_id": -1}, "model.bos_id"),
+        ({"golden": [{"prompt": "hi", "prompt_ids": ["5"], "generated_ids": [7], "text": "a"}]},
+         "golden[0].prompt_ids[0]: '5' is not of type 'integer'"),
+        ({"golden": [{"prompt": "hi", "prompt_ids": [], "generated_ids": [7], "text": "a"}]},
+         "golden[0].prompt_ids: [] should be non-empty"),
+        ({"golden": [{"prompt": "hi", "prompt_ids": [5], "generated_ids": [256], "text": "a"}]},
+         "golden[0].generated_ids: 256 is not below vocab_size 256"),
+        ({"golden": [{"prompt": "hi", "prompt_ids": [5] * 40, "generated_ids": [7] * 30, "text": "a"}]},
+         "golden[0]: 40 prompt and 30 generated ids do not fit max_seq_len 64"),
+        ({"source": "/somewhere"}, "source: '/somewhere' is not of type 'object'"),
+        ({"program": "model\x00.pte"}, "program: 'model\\x00.pte' is not a path inside the bundle, without NUL bytes"),
+        ({"export.method": ""}, "export.method: '' should be non-empty"),
+        ({"export.linear_layers_delegated": 16}, "export.linear_layers_delegated (16) is more than linear_layers (15)"),
+        ({"quantization.mode": "int3"}, "quantization.mode: 'int3' is not one of"),
+        ({"quantization.embedding_bits": 2}, "quantization.embedding_bits: 2 is not one of"),
+    ],
+)
+def test_values_out_of_range_are_refused_with_their_path(tmp_path, changes, fragment):
+    make_bundle(tmp_path / "b", **changes)
+    message = _error(tmp_path / "b")
+    assert fragment in message and message.endswith("re-export the bundle"), message
+
+
+def test_a_file_digest_that_is_not_a_sha256(tmp_path):
+    written = make_bundle(tmp_path / "b")
+    make_bundle(tmp_path / "b", files={**written["files"], "model.pte": "ABC"})
+    assert "files.model.pte: 'ABC' is not a sha256, 64 lowercase hex digits" in _error(tmp_path / "b")
+
+
+def test_pathologically_nested_manifest(tmp_path):
+    make_bundle(tmp_path / "b")
+    (tmp_path / "b" / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    assert "nested too deeply" in _error(tmp_path / "b")
+
+
+def test_a_huge_wrong_value_does_not_hide_the_problem(tmp_path):
+    make_bundle(tmp_path / "b", golden={"prompt": "x" * 10_000})
+    message = _error(tmp_path / "b")
+    assert "is not of type 'array'" in message and len(message) < 200
+
+
+def test_bundle_path_that_is_a_file(tmp_path):
+    (tmp_path / "model.pte").write_bytes(b"PTE")
+    assert "bundle " in _error(tmp_path / "model.pte") and "is a file, not a folder" in _error(tmp_path / "model.pte")

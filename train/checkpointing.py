@@ -52,21 +52,50 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def ensure_progress_is_ours(output_dir: Path) -> None:
+    """Refuses to start when ``OUT.progress`` exists and is not edgeqat's (no readable progress marker)."""
+    progress = progress_dir(output_dir)
+    if not (progress.exists() or progress.is_symlink()):
+        return
+    if progress.is_dir() and not progress.is_symlink() and (not any(progress.iterdir()) or _started_with(progress) is not None):
+        return
+    raise EdgeqatError(
+        f"{progress} exists and was not written by edgeqat (it has no readable {PROGRESS}); edgeqat keeps a "
+        f"training's progress there and would replace it: move it away or choose another --output (nothing was changed)"
+    )
+
+
+def _started_with(progress: Path) -> dict | None:
+    """The config a progress folder's run was started with, from its marker; None without a valid one."""
+    try:
+        marker = json.loads((progress / PROGRESS).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    ours = isinstance(marker, dict) and marker.get("edgeqat") == "train-progress" and isinstance(marker.get("config"), dict)
+    return marker["config"] if ours else None
+
+
+def _remove_progress(progress: Path) -> None:
+    if progress.is_dir() and (_started_with(progress) is not None or not any(progress.iterdir())):
+        shutil.rmtree(progress, ignore_errors=True)
+
+
 def start_progress(output_dir: Path, config: dict, resume: bool, is_main: bool) -> Path | None:
     """Prepares ``OUT.progress`` and returns the checkpoint to resume from (None: start from the beginning).
 
     Without ``resume`` an earlier run's progress is discarded. With it, the newest complete checkpoint of
-    a run with the same config is returned; partial checkpoints are removed.
+    a run with the same config is returned; partial checkpoints are removed. A folder without edgeqat's
+    marker is never touched (``ensure_progress_is_ours`` refuses it first).
     """
+    ensure_progress_is_ours(output_dir)
     progress = progress_dir(output_dir)
-    record = progress / PROGRESS
+    started_with = _started_with(progress) if progress.is_dir() else None
     if progress.exists() and not resume:
         if _checkpoints(progress) and is_main:
             log.warning("discarding the unfinished run in %s (pass --resume to continue it)", progress)
         if is_main:
-            shutil.rmtree(progress)
-    if resume and progress.is_dir() and record.is_file():
-        started_with = json.loads(record.read_text())["config"]
+            _remove_progress(progress)
+    if resume and started_with is not None:
         if started_with != config:
             changed = "; ".join(_differences(started_with, config)[:3])
             raise EdgeqatError(
@@ -87,7 +116,7 @@ def start_progress(output_dir: Path, config: dict, resume: bool, is_main: bool) 
         log.info("--resume: nothing to resume in %s; starting from the beginning", progress)
     if is_main:
         progress.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record, {"config": config})
+        write_json_atomic(progress / PROGRESS, {"edgeqat": "train-progress", "output": output_dir.name, "config": config})
     return None
 
 
@@ -114,9 +143,9 @@ def drop_progress_without_checkpoints(output_dir: Path) -> None:
     """After a failure: a progress folder with no checkpoint holds nothing to resume, so it goes."""
     progress = progress_dir(output_dir)
     if progress.is_dir() and not _checkpoints(progress):
-        shutil.rmtree(progress, ignore_errors=True)
+        _remove_progress(progress)
 
 
 def finish_progress(output_dir: Path) -> None:
     """The final artifact is in place: the intermediate checkpoints are no longer needed."""
-    shutil.rmtree(progress_dir(output_dir), ignore_errors=True)
+    _remove_progress(progress_dir(output_dir))

@@ -12,27 +12,37 @@ from pathlib import Path
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, ensure_replaceable, read_record, verify_files, write_record
+from edgeqat.artifacts import RECORD, atomic_dir, read_record, record_problem, verify_files, write_record
 from edgeqat.config import QuantConfig, from_dict
 from edgeqat.errors import EdgeqatError
+from edgeqat.ownership import check_output
+from edgeqat.paths import require_folder
 from edgeqat.train.quantize import convert_qat, prepare_qat, quantize_ptq
 
 log = logging.getLogger("edgeqat")
 STAGE = "convert"
 WEIGHTS = "model.safetensors"
+ARTIFACT_NAMES = {"train": "checkpoint", "convert": "converted model"}
+# What the later stages read from a train or convert record, beyond its stage, config and files.
+STAGE_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "train": {"mode": str, "scheme": str, "group_size": int},
+    "convert": {"mode": str, "quantized": bool, "scheme": str, "group_size": (int, type(None)),
+                "embedding_bits": (int, type(None))},
+}
 
 
 def read_checked_record(folder: Path, stage: str) -> dict:
     """The artifact's record, after checking it is a ``stage`` artifact whose files are all intact."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise EdgeqatError(f"{folder} not found; run the stage that makes it first")
+    folder = require_folder(folder, ARTIFACT_NAMES[stage], f"run `edgeqat {stage}` to make it first")
     record = read_record(folder)
     if record.get("stage") != stage:
         raise EdgeqatError(f"{folder} is a {record.get('stage')!r} artifact, expected a {stage!r} one")
     problems = verify_files(folder, record["files"])
     if problems:
         raise EdgeqatError(f"{folder} is damaged: {'; '.join(problems)}; run the {stage} stage again")
+    problem = record_problem(record, STAGE_FIELDS[stage])
+    if problem:
+        raise EdgeqatError(f"{folder}/{RECORD} is damaged: {problem}; run the {stage} stage again")
     return record
 
 
@@ -41,7 +51,7 @@ def convert(checkpoint_dir: str | Path, output_dir: str | Path, mode: str | None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
-    ensure_replaceable(output_dir, STAGE)
+    check_output(output_dir, STAGE, {"checkpoint": checkpoint_dir})
     record = read_checked_record(checkpoint_dir, "train")
     mode = mode or record["mode"]
     if mode != record["mode"] and not (mode == "ptq" and record["mode"] == "bf16"):

@@ -9,10 +9,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeqat.errors import EdgeqatError
+from edgeqat.errors import EdgeqatError, first_line
 from edgeqat.paths import resolve_source
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".csv": "csv"}
+
+
+def _check_utf8(path: Path) -> None:
+    """`datasets` fails on a byte that is not UTF-8 with no file or line; name both first."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise EdgeqatError(f"{path}, line {number}: not UTF-8 text (byte {line[e.start]:#04x}); "
+                                   "save the file as UTF-8") from None
 
 
 def _check_jsonl(path: Path) -> int:
@@ -26,6 +37,8 @@ def _check_jsonl(path: Path) -> int:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise EdgeqatError(f"{path}, line {number}: malformed JSON ({e.msg}); fix or remove that line") from None
+            except RecursionError:
+                raise EdgeqatError(f"{path}, line {number}: JSON nested too deeply; fix or remove that line") from None
             if not isinstance(row, dict):
                 raise EdgeqatError(f"{path}, line {number}: expected a JSON object per line, got {type(row).__name__}")
             rows += 1
@@ -34,19 +47,35 @@ def _check_jsonl(path: Path) -> int:
 
 def _is_empty(path: Path) -> bool:
     """`datasets` fails on an empty file with an unhelpful message (StopIteration, ...); spot it first."""
-    if path.suffix == ".jsonl":
-        return _check_jsonl(path) == 0
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return path.stat().st_size > 0 and pq.ParquetFile(path).metadata.num_rows == 0
+        try:
+            return path.stat().st_size > 0 and pq.ParquetFile(path).metadata.num_rows == 0
+        except Exception as e:  # pyarrow's ArrowInvalid: not a parquet file, or a truncated one
+            raise EdgeqatError(f"dataset {path} is not a readable parquet file ({first_line(e)})") from None
+    _check_utf8(path)
+    if path.suffix == ".jsonl":
+        return _check_jsonl(path) == 0
     return path.stat().st_size == 0
 
 
-def load_text_dataset(name: str, default: Path, text_column: str = "text", split: str = "train"):
+def _root_cause(e: BaseException) -> BaseException:
+    """`datasets` wraps the reader's error ("An error occurred while generating the dataset"); the cause
+    at the bottom of the chain is what the user can act on."""
+    seen = {id(e)}
+    while (inner := e.__cause__ or e.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        e = inner
+    return e
+
+
+def load_text_dataset(name: str, default: Path, text_column: str = "text", split: str = "train",
+                      column_option: str | None = "--text-column"):
     """Returns a `datasets.Dataset` with a ``text`` or a ``messages`` column and at least one row.
 
     ``split`` applies to hub datasets and dataset folders (e.g. ``train_sft``); a single file is one split.
+    ``column_option`` is the option that names the text column for the command at hand (None: none has it).
     """
     import datasets
 
@@ -66,8 +95,11 @@ def load_text_dataset(name: str, default: Path, text_column: str = "text", split
             data = datasets.load_dataset(source, split=split)
     except EdgeqatError:
         raise
-    except Exception as e:  # datasets raises many types; the user needs the first line of any of them
-        raise EdgeqatError(f"cannot load dataset {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except Exception as e:  # datasets raises many types; the user needs the cause at the bottom of the chain
+        cause = _root_cause(e)
+        where = f" ({path})" if path.exists() else ""
+        detail = first_line(cause) if cause is e else f"{type(cause).__name__}: {first_line(cause)}"
+        raise EdgeqatError(f"cannot load dataset {name!r}{where}: {detail}") from None
 
     if "messages" in data.column_names:
         data = data.select_columns(["messages"])
@@ -77,9 +109,9 @@ def load_text_dataset(name: str, default: Path, text_column: str = "text", split
             data = data.rename_column(text_column, "text")
         data = data.filter(lambda row: isinstance(row["text"], str) and row["text"].strip() != "")
     else:
+        fix = f"name the text column with {column_option}" if column_option else "give plain text in a 'text' column"
         raise EdgeqatError(
-            f"dataset {name!r} has no {text_column!r} or 'messages' column (it has: {', '.join(data.column_names)}); "
-            f"name the text column with --text-column"
+            f"dataset {name!r} has no {text_column!r} or 'messages' column (it has: {', '.join(data.column_names)}); {fix}"
         )
     if len(data) == 0:
         raise EdgeqatError(f"dataset {name!r} has no usable rows")
@@ -90,7 +122,7 @@ def token_windows(tokenizer, dataset: str, default: Path, count: int, length: in
     """Up to ``count`` non-overlapping windows of ``length`` tokens of plain text (rows joined by EOS)."""
     import torch
 
-    data = load_text_dataset(dataset, default)
+    data = load_text_dataset(dataset, default, column_option=None)
     if "text" not in data.column_names:
         raise EdgeqatError(f"evaluation dataset {dataset!r} must be plain text (a 'text' column)")
     ids: list[int] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgeqat.errors import EdgeqatError
+from edgeqat.errors import EdgeqatError, first_line
 from edgeqat.paths import ASSETS
 
 # lm-eval tasks shipped with edgeqat, always available by name (their data is in edgeqat/assets/lm_eval).
@@ -77,8 +77,7 @@ def lm_eval_scores(
                 model=harness_model, tasks=tasks, limit=limit or None, log_samples=False, task_manager=manager
             )
         except Exception as e:  # unknown task names, datasets the harness cannot fetch offline, ...
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise EdgeqatError(f"lm-eval failed on {', '.join(tasks)}: {first}") from None
+            raise EdgeqatError(f"lm-eval failed on {', '.join(tasks)}: {first_line(e)}") from None
     scores = {}
     for task, metrics in output["results"].items():
         # lm-eval names results "metric,filter"; other keys (alias, sample counts) are not scores

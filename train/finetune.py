@@ -17,15 +17,17 @@ from pathlib import Path
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, ensure_replaceable, write_record, write_text_atomic
+from edgeqat.artifacts import atomic_dir, write_record, write_text_atomic
 from edgeqat.config import RunConfig, group_size_of, to_dict
 from edgeqat.errors import EdgeqatError
-from edgeqat.paths import DEFAULT_TRAIN_DATA
+from edgeqat.ownership import check_output
+from edgeqat.paths import DEFAULT_TRAIN_DATA, local_path
 from edgeqat.train.checkpointing import (
     MarkCompleteCheckpoints,
     barrier,
     checkpoint_step,
     drop_progress_without_checkpoints,
+    ensure_progress_is_ours,
     finish_progress,
     progress_dir,
     start_progress,
@@ -108,14 +110,16 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     tc = config.train
     output_dir = Path(output_dir)
     main = is_main_process()
-    ensure_replaceable(output_dir, STAGE)  # before the work, not after it
+    # before the work, not after it: nothing of the user's is ever replaced
+    check_output(output_dir, STAGE, {"--model": local_path(tc.model), "--dataset": local_path(tc.dataset)})
+    ensure_progress_is_ours(output_dir)
     device = resolve_device(tc.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 training on CPU is slow and lossy
     torch.manual_seed(tc.seed)
     # A wrong model, a group size that does not fit it, or a model too big for the device fails here:
     # before any data or weights load.
     _, model_config = load_config_checked(tc.model)
-    skeleton = model_skeleton(model_config)
+    skeleton = model_skeleton(model_config, tc.model)
     if tc.mode != "bf16":
         check_quantizable(skeleton, config.quant, warn=lambda message: None)
     estimate = check_fits(skeleton, dtype, device, bool(tc.lora_rank))
@@ -128,8 +132,8 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     args = _sft_config(config, progress, device, dtype)
     _ = args.device  # sets up the process group under torchrun/accelerate, so that barrier() below synchronizes
     resume_from = start_progress(output_dir, stage_config(config), resume, main)
-    barrier()
     try:
+        barrier()
         return _train(config, output_dir, args, dataset, tokenizer, device=device, dtype=dtype,
                       resume_from=resume_from, memory_floor=estimate)
     except BaseException:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from edgeqat.errors import EdgeqatError
+from edgeqat.errors import EdgeqatError, first_line
 from edgeqat.paths import DEFAULT_MODEL, resolve_source
 
 # Decoder-only families whose Hugging Face implementation exports with a static KV cache.
@@ -32,28 +32,52 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
+POSITIVE_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                  "intermediate_size", "head_dim", "max_position_embeddings")
+
+
+def _check_sizes(config, name: str) -> None:
+    """A config.json whose sizes cannot make a model (zero heads, kv heads not dividing heads, ...)."""
+    where = f"model {name!r}: config.json"
+    for key in POSITIVE_SIZES:
+        value = getattr(config, key, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EdgeqatError(f"{where} has {key} = {value!r}; it must be a whole number of at least 1")
+    heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    if heads and kv_heads and heads % kv_heads:
+        raise EdgeqatError(f"{where} has {heads} attention heads and {kv_heads} key/value heads; the key/value heads "
+                           "must divide the attention heads")
+    if heads and getattr(config, "head_dim", None) is None and config.hidden_size % heads:
+        raise EdgeqatError(f"{where} has hidden_size {config.hidden_size}, which {heads} attention heads do not divide")
+
+
 def load_config_checked(name: str):
     from transformers import AutoConfig
 
-    source = resolve_source(name, DEFAULT_MODEL, "model path")
+    source = resolve_source(name, DEFAULT_MODEL, "model path", folder_only=True)
     try:
         config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise EdgeqatError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise EdgeqatError(f"cannot load model {name!r}: {first_line(e)}") from None
     if config.model_type not in EXPORTABLE_MODEL_TYPES:
         raise EdgeqatError(
             f"model {name!r} is a {config.model_type!r} model; edgeqat exports decoder-only "
             f"{', '.join(EXPORTABLE_MODEL_TYPES)} models"
         )
+    _check_sizes(config, name)
     return source, config
 
 
-def model_skeleton(config) -> torch.nn.Module:
+def model_skeleton(config, name: str = "") -> torch.nn.Module:
     """The model's modules with no memory behind them (meta tensors): enough to check layer shapes."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (ValueError, TypeError, ZeroDivisionError, RuntimeError, AttributeError) as e:  # sizes transformers refuses
+        raise EdgeqatError(f"model {name or config.model_type!r}: its config.json does not make a model: "
+                           f"{first_line(e)}") from None
 
 
 def load_tokenizer(name: str):
@@ -62,8 +86,8 @@ def load_tokenizer(name: str):
     source, _ = load_config_checked(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise EdgeqatError(f"cannot load the tokenizer of {name!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # tokenizers' Rust errors (a damaged tokenizer.json) are plain Exceptions
+        raise EdgeqatError(f"cannot load the tokenizer of {name!r}: {first_line(e)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -75,8 +99,11 @@ def load_model(name: str, dtype: torch.dtype, device: torch.device | str = "cpu"
     source, _ = load_config_checked(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation)
-    except (OSError, ValueError, ImportError) as e:  # ImportError: a flash-attention kernel that is not installed
-        raise EdgeqatError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    except ImportError as e:  # a flash-attention kernel that is not installed
+        raise EdgeqatError(f"cannot load model {name!r}: {first_line(e)}") from None
+    except Exception as e:  # a damaged weights file: safetensors' own error type, or torch's
+        raise EdgeqatError(f"cannot load the weights of model {name!r} ({first_line(e)}); a damaged or truncated "
+                           "weights file? Copy or download it again") from None
     return model.to(device)
 
 

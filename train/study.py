@@ -20,7 +20,9 @@ import torch
 
 from edgeqat.artifacts import is_valid_artifact, read_record, write_json_atomic
 from edgeqat.config import RunConfig, to_dict
+from edgeqat.errors import EdgeqatError
 from edgeqat.paths import DEFAULT_EVAL_DATA
+from edgeqat.pipeline import check_outputs
 from edgeqat.train.convert import convert, converted_config, load_converted, read_checked_record
 from edgeqat.train.data import token_windows
 from edgeqat.train.evaluate import lm_eval_scores, perplexity, require_lm_eval
@@ -30,6 +32,9 @@ from edgeqat.train.study_report import build_report, write_report
 
 log = logging.getLogger("edgeqat")
 ARMS = ("bf16", "ptq", "qat")
+STAGES = {"bf16-checkpoint": "train", "qat-checkpoint": "train", "ptq-converted": "convert", "qat-converted": "convert",
+          "study": "study"}
+EVALUATION = "study-evaluation"  # the marker of edgeqat's evaluation cache files
 
 
 def study_dirs(output_dir: Path) -> dict[str, Path]:
@@ -94,21 +99,37 @@ def evaluate_arm(arm: str, folder: Path, config: RunConfig, device: torch.device
     if device.type == "cuda":
         torch.cuda.empty_cache()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cache, {"key": key, "results": results})
+    write_json_atomic(cache, {"edgeqat": EVALUATION, "key": key, "results": results})
     return results
 
 
 def _read_cached(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return {}  # a damaged cache entry is simply recomputed
+    return cached if isinstance(cached, dict) else {}
+
+
+def check_evaluation_cache(folder: Path) -> None:
+    """The evaluations folder holds only edgeqat's cache files (or nothing yet): a file of the user's under
+    one of its names is never overwritten."""
+    if folder.exists() and not folder.is_dir():
+        raise EdgeqatError(f"{folder} is a file; the study keeps its evaluations there: move it away or choose "
+                           "another --output (nothing was changed)")
+    for arm in ARMS:
+        cache = folder / f"{arm}.json"
+        if (cache.exists() or cache.is_symlink()) and _read_cached(cache).get("edgeqat") != EVALUATION:
+            raise EdgeqatError(f"{cache} was not written by edgeqat; the study keeps its evaluation of {arm} there: "
+                               "move it away or choose another --output (nothing was changed)")
 
 
 def study(config: RunConfig, resume: bool = False) -> dict:
     """Runs (or resumes) the study into ``config.output_dir``; returns the study report (rank 0; {} elsewhere)."""
     require_lm_eval(config.study.lm_eval_tasks, config.study.lm_eval_include_path)
     dirs = study_dirs(Path(config.output_dir))
+    check_outputs(dirs, STAGES, config)
+    check_evaluation_cache(dirs["evaluations"])
     for mode in ("bf16", "qat"):
         arm_config, folder = with_mode(config, mode), dirs[f"{mode}-checkpoint"]
         if is_valid_artifact(folder, "train", stage_config(arm_config)):

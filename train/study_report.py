@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edgeqat.artifacts import atomic_dir, versions, write_json_atomic, write_text_atomic
+from edgeqat.artifacts import atomic_dir, versions, write_json_atomic, write_record, write_text_atomic
 from edgeqat.config import RunConfig, group_size_of, to_dict
 
 log = logging.getLogger("edgeqat")
@@ -138,5 +138,6 @@ def write_report(folder: Path, report: dict, training: dict) -> None:
     with atomic_dir(folder, "study") as tmp:
         plot_loss_curves(training, tmp / LOSS_PLOT)
         write_text_atomic(tmp / STUDY_MD, render_markdown(report))
-        write_json_atomic(tmp / STUDY_JSON, report)  # last: its presence marks a complete study folder
+        write_json_atomic(tmp / STUDY_JSON, report)
+        write_record(tmp, "study", report["config"])  # last: the record marks a complete study folder
     log.info("study report: %s", folder / STUDY_MD)
