@@ -50,9 +50,14 @@ def schema_problem(schema: dict[str, Any], data: Any) -> str | None:
     from jsonschema.exceptions import best_match
 
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-    error = best_match(validator.iter_errors(data))
+    errors = list(validator.iter_errors(data))
+    error = best_match(errors)
     if error is None:
         return None
+    # Of siblings with the same problem (items of one list), name the first, as a reader would find it.
+    parent = list(error.absolute_path)[:-1]
+    error = next((e for e in errors if e.validator == error.validator and list(e.absolute_path)[:-1] == parent
+                  and len(e.absolute_path) == len(error.absolute_path)), error)
     parts = list(error.absolute_path)
     if error.validator == "required":
         missing = next(k for k in error.validator_value if k not in error.instance)

@@ -56,7 +56,7 @@ def unlisted_entries(folder: Path, listed: Iterable[str]) -> list[str]:
                 found.append(rel + "/")
         dirs[:] = [d for d in dirs if (here / d).as_posix() in parents and not (Path(root) / d).is_symlink()]
         found += [(here / name).as_posix() for name in sorted(files) if (here / name).as_posix() not in listed]
-    return found
+    return sorted(found)
 
 
 def _shown(entries: list[str]) -> str:
@@ -173,15 +173,11 @@ def _in_use_by_another_process(marker: Path) -> bool:
 
 
 def remove_leftover_temporaries(dest: Path) -> None:
-    """Deletes the temporary siblings of ``dest`` that a killed edgeqat left: only marked (or empty) ones,
-    and none that a live edgeqat process on this host is still writing."""
+    """Deletes the temporary siblings of ``dest`` that a killed edgeqat left: only those with edgeqat's
+    marker, and none that a live edgeqat process on this host is still writing."""
     import glob
 
     for stale in Path(dest).parent.glob(f".{glob.escape(Path(dest).name)}.edgeqat-*.tmp"):
-        if stale.is_symlink() or not stale.is_dir():
-            continue
         marker = stale / TEMPORARY_MARKER
-        if marker.is_file() and not _in_use_by_another_process(marker):
+        if not stale.is_symlink() and stale.is_dir() and marker.is_file() and not _in_use_by_another_process(marker):
             shutil.rmtree(stale, ignore_errors=True)
-        elif not any(stale.iterdir()):
-            stale.rmdir()  # killed between creating it and marking it

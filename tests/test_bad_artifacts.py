@@ -166,3 +166,104 @@ def test_check_with_a_device_results_file_missing_a_field(capsys, isolated, made
     line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--device-results", "bad.json")
     assert "runs[0]" in line and "decode_tokens_per_s" in line
     assert not (isolated / "report").exists()
+
+
+# -- a manifest is validated completely before anything runs ----------------------------------------------
+
+
+def _golden(manifest, **changes):
+    manifest["golden"][0].update(changes)
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda m: _golden(m, prompt_ids=["33", "1524"]), "manifest golden[0].prompt_ids[0]: '33' is not of type 'integer'"),
+    (lambda m: _golden(m, generated_ids=[]), "manifest golden[0].generated_ids: [] should be non-empty"),
+    (lambda m: _golden(m, prompt_ids=[33, 99999]), "manifest golden[0].prompt_ids: 99999 is not below vocab_size 2048"),
+    (lambda m: _golden(m, generated_ids=[-3]), "manifest golden[0].generated_ids[0]: -3 is less than the minimum of 0"),
+    (lambda m: m.update(source=["not", "an", "object"]), "manifest source: ['not', 'an', 'object'] is not of type 'object'"),
+    (lambda m: m.update(format_version=0), "bundle format version 0 never existed"),
+    (lambda m: m["model"].update(vocab_size=0), "manifest model.vocab_size: 0 is less than the minimum of 1"),
+    (lambda m: m.update(program="model\x00.pte"), "is not a path inside the bundle, without NUL bytes"),
+])
+def test_a_manifest_field_of_the_wrong_type_shape_or_range(capsys, isolated, made, change, fragment):
+    bundle = _copy(made["bundle"], isolated / "bundle")
+    _rewrite_manifest(bundle, change)
+    line = run_cli(capsys, "check", str(bundle), "--output", "report")
+    assert fragment in line and "re-export the bundle" in line
+
+
+def test_a_manifest_naming_a_method_the_program_lacks(capsys, isolated, made):
+    bundle = _copy(made["bundle"], isolated / "bundle")
+    _rewrite_manifest(bundle, lambda m: m["export"].update(method="decode"))
+    line = run_cli(capsys, "check", str(bundle), "--output", "report")
+    assert "the manifest names the method 'decode' but model.pte has only" in line and "forward" in line
+
+
+def test_a_pathologically_nested_manifest(capsys, isolated, made):
+    bundle = _copy(made["bundle"], isolated / "bundle")
+    (bundle / MANIFEST).write_text('{"format": "edgeqat-bundle", "golden": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    line = run_cli(capsys, "check", str(bundle), "--output", "report")
+    assert "manifest.json is nested too deeply" in line
+
+
+# -- references and results named on the command line must be what they claim -----------------------------
+
+
+def test_an_unquantized_path_that_does_not_exist(capsys, isolated, made):
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--unquantized", "no-such-ckpt")
+    assert "--unquantized not found: no-such-ckpt" in line
+
+
+def test_an_unquantized_folder_that_is_not_a_checkpoint(capsys, isolated, made):
+    (isolated / "empty").mkdir()
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--unquantized", "empty")
+    assert "--unquantized empty has no config.json" in line
+
+
+def test_an_unquantized_checkpoint_with_damaged_weights(capsys, isolated, made):
+    ckpt = _copy(made["ckpt"], isolated / "ckpt")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--unquantized", str(ckpt))
+    assert f"cannot load the unquantized model {ckpt}" in line and "--unquantized" in line
+
+
+def test_a_reference_that_is_missing_or_a_file(capsys, isolated, made):
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--reference", "no-such-conv")
+    assert "--reference not found: no-such-conv" in line
+    (isolated / "conv.txt").write_text("x")
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--reference", "conv.txt")
+    assert "--reference conv.txt is a file, not a folder" in line
+
+
+def test_device_results_that_are_a_folder(capsys, isolated, made):
+    (isolated / "results").mkdir()
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--device-results", "results")
+    assert "device results file results is a folder, not a file" in line
+
+
+def test_an_evaluation_dataset_without_text_names_no_option_check_lacks(capsys, isolated, made):
+    (isolated / "qa.jsonl").write_text('{"question": "why?", "answer": "because"}\n')
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", "report", "--eval-dataset", "qa.jsonl")
+    assert "no 'text' or 'messages' column" in line and "give plain text in a 'text' column" in line
+    assert "--text-column" not in line
+
+
+# -- an output folder that is one of the inputs -----------------------------------------------------------
+
+
+def test_convert_into_its_own_checkpoint(capsys, isolated, made):
+    line = run_cli(capsys, "convert", str(made["ckpt"]), "--output", str(made["ckpt"]))
+    assert "is the input checkpoint itself" in line
+
+
+def test_export_into_its_own_converted_model(capsys, isolated, made):
+    line = run_cli(capsys, "export", str(made["conv"]), "--output", str(made["conv"]))
+    assert "is the input converted model itself" in line
+
+
+def test_check_into_its_own_bundle_or_inside_it(capsys, isolated, made):
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", str(made["bundle"]))
+    assert "is the input bundle itself" in line
+    line = run_cli(capsys, "check", str(made["bundle"]), "--output", str(made["bundle"] / "report"))
+    assert "is inside the input bundle" in line

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import plant_lookalikes, tree_state
 from edgeqat.artifacts import read_record
 from edgeqat.cli import main
 
@@ -16,6 +17,9 @@ FAST = ["--max-steps", "4", "--max-length", "64"]
 
 def test_study_trains_quantizes_evaluates_and_reports(tmp_path: Path, capsys):
     out = tmp_path / "study-out"
+    planted = {}  # a user's look-alikes of the temporary siblings of every output (test_data_safety.py)
+    for name in ("bf16-checkpoint", "qat-checkpoint", "ptq-converted", "qat-converted", "study"):
+        planted.update(plant_lookalikes(out / name))
     assert main(["study", "--output", str(out), *FAST, "--lm-eval-tasks", "edgeqat_proverbs_mc"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("# edgeqat study") and "QAT recovers" in printed  # stdout is the report alone
@@ -40,6 +44,8 @@ def test_study_trains_quantizes_evaluates_and_reports(tmp_path: Path, capsys):
     assert len(bf16["loss_curve"]) == 4 and bf16["tokens_seen"] > 0
     ptq = read_record(out / "ptq-converted")
     assert ptq["mode"] == "ptq" and ptq["quantized"] and ptq["config"]["checkpoint"] == bf16["files"]
+
+    assert {path: tree_state(path) for path in planted} == planted, "a user's folders beside the outputs are untouched"
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "study" not in p.parts}
     assert main(["study", "--output", str(out), *FAST, "--lm-eval-tasks", "edgeqat_proverbs_mc"]) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgeqat.config import shown
 from edgeqat.errors import EdgeqatError, first_line
 from edgeqat.paths import resolve_source
 
@@ -70,6 +71,17 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
+def _check_text_values(data, name: str) -> None:
+    """Rows whose text is a number or a list are a mistake in the data, not text to skip silently."""
+    feature = data.features["text"]
+    if getattr(feature, "dtype", None) in ("string", "large_string"):
+        return  # Arrow typed the column as strings: every value is one (or null)
+    for i, value in enumerate(data["text"]):
+        if value is not None and not isinstance(value, str):
+            raise EdgeqatError(f"dataset {name!r}, row {i + 1}: the text {shown(value)} is of type "
+                               f"{type(value).__name__}, not a string; fix that row")
+
+
 def load_text_dataset(name: str, default: Path, text_column: str = "text", split: str = "train",
                       column_option: str | None = "--text-column"):
     """Returns a `datasets.Dataset` with a ``text`` or a ``messages`` column and at least one row.
@@ -90,6 +102,8 @@ def load_text_dataset(name: str, default: Path, text_column: str = "text", split
                 raise EdgeqatError(f"dataset {name!r} has no usable rows ({path} is empty)")
             data = datasets.load_dataset(kind, data_files=str(path), split="train")
         elif path.is_dir():
+            if not any(p.is_file() and not p.name.startswith(".") for p in path.rglob("*")):
+                raise EdgeqatError(f"dataset folder {path} holds no data files; put .jsonl/.parquet/... files in it")
             data = datasets.load_dataset(str(path), split=split)
         else:
             data = datasets.load_dataset(source, split=split)
@@ -107,7 +121,8 @@ def load_text_dataset(name: str, default: Path, text_column: str = "text", split
         data = data.select_columns([text_column])
         if text_column != "text":
             data = data.rename_column(text_column, "text")
-        data = data.filter(lambda row: isinstance(row["text"], str) and row["text"].strip() != "")
+        _check_text_values(data, name)
+        data = data.filter(lambda row: row["text"] is not None and row["text"].strip() != "")
     else:
         fix = f"name the text column with {column_option}" if column_option else "give plain text in a 'text' column"
         raise EdgeqatError(

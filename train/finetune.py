@@ -193,6 +193,7 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
     if tc.lora_rank:
         model = model.merge_and_unload()
     strip_fake_quant(model)
+    _check_finite(model, losses)
     if main:
         with atomic_dir(output_dir, STAGE) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -224,6 +225,15 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
         log.info("trained %s (%s) in %.0f s, final loss %.3f -> %s", tc.model, tc.mode, seconds, losses[-1][1] if losses else float("nan"), output_dir)
     barrier()  # the other ranks go on only once the artifact is in place
     return output_dir
+
+
+def _check_finite(model, losses: list) -> None:
+    """A run that diverged (a learning rate too high) leaves NaN or infinite weights: never save those."""
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        last = f"; the last logged loss was {losses[-1][1]}" if losses else ""
+        raise EdgeqatError(f"training diverged: {len(broken)} weight tensors hold NaN or infinity (first: {broken[0]}"
+                           f"{last}); lower --learning-rate and run again (nothing was written)")
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from edgeqat.errors import EdgeqatError, first_line
+from edgeqat.json_file import load_json
 from edgeqat.paths import DEFAULT_MODEL, resolve_source
 
 # Decoder-only families whose Hugging Face implementation exports with a static KV cache.
@@ -36,35 +38,39 @@ POSITIVE_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attenti
                   "intermediate_size", "head_dim", "max_position_embeddings")
 
 
-def _check_sizes(config, name: str) -> None:
+def _check_sizes(values: dict, name: str) -> None:
     """A config.json whose sizes cannot make a model (zero heads, kv heads not dividing heads, ...)."""
     where = f"model {name!r}: config.json"
     for key in POSITIVE_SIZES:
-        value = getattr(config, key, None)
+        value = values.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise EdgeqatError(f"{where} has {key} = {value!r}; it must be a whole number of at least 1")
-    heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    heads, kv_heads, hidden = values.get("num_attention_heads"), values.get("num_key_value_heads"), values.get("hidden_size")
     if heads and kv_heads and heads % kv_heads:
         raise EdgeqatError(f"{where} has {heads} attention heads and {kv_heads} key/value heads; the key/value heads "
                            "must divide the attention heads")
-    if heads and getattr(config, "head_dim", None) is None and config.hidden_size % heads:
-        raise EdgeqatError(f"{where} has hidden_size {config.hidden_size}, which {heads} attention heads do not divide")
+    if heads and hidden and values.get("head_dim") is None and hidden % heads:
+        raise EdgeqatError(f"{where} has hidden_size {hidden}, which {heads} attention heads do not divide")
 
 
 def load_config_checked(name: str):
     from transformers import AutoConfig
 
     source = resolve_source(name, DEFAULT_MODEL, "model path", folder_only=True)
+    local = Path(source) / "config.json"
+    if local.is_file():  # before transformers reads it: its classes divide by the sizes they are given
+        raw = load_json(local, "model config", "fix the model's config.json")
+        _check_sizes(raw if isinstance(raw, dict) else {}, name)
     try:
         config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except Exception as e:  # a config.json that is not JSON, or whose values its class refuses
         raise EdgeqatError(f"cannot load model {name!r}: {first_line(e)}") from None
     if config.model_type not in EXPORTABLE_MODEL_TYPES:
         raise EdgeqatError(
             f"model {name!r} is a {config.model_type!r} model; edgeqat exports decoder-only "
             f"{', '.join(EXPORTABLE_MODEL_TYPES)} models"
         )
-    _check_sizes(config, name)
+    _check_sizes(config.to_dict(), name)
     return source, config
 
 
