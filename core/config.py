@@ -35,11 +35,11 @@ PHONE_THREADS = 8  # the most cores a phone's CPU has: a thread count any host m
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, min: float | None = None,
-            max: float | None = None, above: float | None = None, choices: tuple | None = None,
-            nonempty: bool = False, min_items: int | None = None) -> Any:
-    """A config field with its allowed range: ``min``/``max`` inclusive, ``above`` exclusive, ``choices``,
-    ``nonempty`` (a string, or each string of a list), ``min_items`` (of a list)."""
-    rules = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("choices", choices),
+            max: float | None = None, above: float | None = None, below: float | None = None,
+            choices: tuple | None = None, nonempty: bool = False, min_items: int | None = None) -> Any:
+    """A config field with its allowed range: ``min``/``max`` inclusive, ``above``/``below`` exclusive,
+    ``choices``, ``nonempty`` (a string, or each string of a list), ``min_items`` (of a list)."""
+    rules = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("below", below), ("choices", choices),
                                ("min_items", min_items)) if v is not None}
     if nonempty:
         rules["nonempty"] = True
@@ -69,7 +69,7 @@ class TrainConfig:
     learning_rate: float = setting(3e-4, above=0, max=1)  # AdamW diverges far below 1
     max_length: int = setting(256, min=2)  # a training row needs a token to predict after its first
     lr_scheduler: str = setting("cosine", choices=LR_SCHEDULERS)  # any of transformers' schedulers: cosine | linear | ...
-    warmup_ratio: float = setting(0.05, min=0, max=0.999)
+    warmup_ratio: float = setting(0.05, min=0, below=1)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     packing: bool = False  # TRL packs rows into max_length sequences (see attn_implementation)
     # sdpa | eager | flash_attention_2 | flash_attention_3. With a flash kernel, packing is padding-free
@@ -236,7 +236,7 @@ def _rule_problem(name: str, value: Any, rules: dict[str, Any]) -> str | None:
     if rules.get("nonempty") and isinstance(value, str) and not value.strip():
         return f"{name} is empty; give a value"
     for rule, fails, says in (("min", lambda v, r: v < r, "at least"), ("max", lambda v, r: v > r, "at most"),
-                              ("above", lambda v, r: v <= r, "more than")):
+                              ("above", lambda v, r: v <= r, "more than"), ("below", lambda v, r: v >= r, "less than")):
         if rule in rules and fails(value, rules[rule]):
             return f"{name} must be {says} {rules[rule]}, got {value}"
     return None

@@ -45,8 +45,7 @@ def _listed_files(folder: Path, stage: str) -> set[str] | None:
 def unlisted_entries(folder: Path, listed: Iterable[str]) -> list[str]:
     """What ``folder`` holds beyond the ``listed`` files (relative POSIX names; folders end with '/')."""
     listed = set(listed)
-    parents = {p for name in listed for p in (Path(name).parents) if str(p) != "."}
-    parents = {p.as_posix() for p in parents}
+    parents = {p.as_posix() for name in listed for p in Path(name).parents if p != Path(".")}
     found = []
     for root, dirs, files in os.walk(folder):
         here = Path(root).relative_to(folder)
@@ -64,20 +63,20 @@ def _shown(entries: list[str]) -> str:
     return ", ".join(entries[:SHOWN_ENTRIES]) + more
 
 
-def check_writable_location(dest: Path, what: str = "output") -> None:
-    """A destination whose nearest existing ancestor is a folder (not a file), and that is no symlink."""
+def _check_parent_is_a_folder(dest: Path) -> None:
+    """The nearest existing ancestor of ``dest`` must be a folder: an output under a file cannot be made."""
     for ancestor in Path(dest).parents:
-        if ancestor.exists() or ancestor.is_symlink():
+        if os.path.lexists(ancestor):
             if not ancestor.is_dir():
-                raise EdgeqatError(f"{what} {dest} is under {ancestor}, which is a file, not a folder; "
-                                   f"choose another {what} folder")
+                raise EdgeqatError(f"output {dest} is under {ancestor}, which is a file, not a folder; "
+                                   "choose another output folder")
             return
 
 
 def ensure_replaceable(dest: Path, stage: str) -> None:
     """Refuses an output folder that is not empty and not wholly an earlier output of the same stage."""
     dest = Path(dest)
-    check_writable_location(dest)
+    _check_parent_is_a_folder(dest)
     if dest.is_symlink():
         raise EdgeqatError(f"output {dest} is a symbolic link; edgeqat replaces only folders it wrote, so give "
                            "the real folder's path or another output folder")

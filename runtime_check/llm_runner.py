@@ -23,10 +23,11 @@ class RunnerResult:
 
 
 def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_tokens: int) -> RunnerResult:
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
-
     bundle_dir = Path(bundle_dir)
     with native_errors(lambda why: f"ExecuTorch's LLM runner cannot load the bundle: {why}"):
+        # imported here: its native library logs as it loads, which is for --debug too
+        from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
         runner = TextLLMRunner(str(bundle_dir / manifest["program"]), str(bundle_dir / manifest["tokenizer"]))
     pieces: list[str] = []
     stats: list = []

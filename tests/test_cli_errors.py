@@ -301,7 +301,7 @@ def test_a_value_out_of_range_is_refused_before_any_work(capsys, isolated, argv,
 
 @pytest.mark.parametrize("yaml_text,fragment", [
     ("train:\n  learning_rate: .inf\n", "train.learning_rate must be a finite number, got inf"),
-    ("train:\n  warmup_ratio: 1\n", "train.warmup_ratio must be at most 0.999"),
+    ("train:\n  warmup_ratio: 1\n", "train.warmup_ratio must be less than 1, got 1.0"),
     ("train:\n  lora_alpha: 0\n", "train.lora_alpha must be at least 1"),
     ("train:\n  attn_implementation: flash\n", "unknown train.attn_implementation 'flash'; choose one of: sdpa, eager"),
     ("export:\n  golden_new_tokens: 0\n", "export.golden_new_tokens must be at least 1, got 0"),

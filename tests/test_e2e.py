@@ -123,7 +123,7 @@ def test_check_cli_json_and_failing_threshold(default_run: Path, tmp_path: Path,
     assert not report["passed"]
     assert "logits cosine" in captured.err
     # The C++ LLM runner's INFO lines and stats are for --debug only
-    assert "executorch:" not in captured.err and "PyTorchObserver" not in captured.err, captured.err[-2000:]
+    assert ".cpp:" not in captured.err and "PyTorchObserver" not in captured.err, captured.err[-2000:]
     assert (tmp_path / "r" / "report.json").is_file()  # the report is written even when a gate fails
 
 

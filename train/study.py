@@ -107,7 +107,7 @@ def _read_cached(path: Path) -> dict:
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):
-        return {}  # a damaged cache entry is simply recomputed
+        return {}  # not a readable JSON object: not a cache entry of edgeqat's (check_evaluation_cache)
     return cached if isinstance(cached, dict) else {}
 
 
