@@ -128,7 +128,14 @@ def barrier() -> None:
 
 
 class MarkCompleteCheckpoints(TrainerCallback):
-    """Marks a checkpoint complete once every rank has written its part of it."""
+    """Marks a checkpoint complete once every rank has written its part of it, and saves none at the last
+    step: the final artifact follows at once, and transformers resumed from a checkpoint at max_steps trains
+    one step more (a run killed before its artifact would then not end where an uninterrupted one ends)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
 
     def on_save(self, args, state, control, **kwargs):
         barrier()  # other ranks write their RNG states into the same folder
