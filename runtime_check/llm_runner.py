@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeqat.runtime_check.native_output import held_output, native_errors
-
-log = logging.getLogger("edgeqat")
+from edgeqat.runtime_check.native_output import native_errors
 
 
 @dataclass
@@ -33,10 +30,8 @@ def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_toke
     stats: list = []
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False, num_bos=0, num_eos=0)
     # The runner prints its INFO lines, the tokens and its stats to descriptors 1 and 2: for --debug only.
-    with held_output((1, 2)) as native:
+    with native_errors(lambda why: f"ExecuTorch's LLM runner failed to generate: {why}", fds=(1, 2)):
         runner.generate(prompt, config, token_callback=pieces.append, stats_callback=stats.append)
-    if native.text.strip():
-        log.debug("ExecuTorch's LLM runner:\n%s", native.text.rstrip())
     s = json.loads(stats[-1].to_json_string()) if stats else {}
     ttft = s.get("first_token_ms", 0) - s.get("inference_start_ms", 0)
     return RunnerResult(

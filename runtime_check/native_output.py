@@ -39,7 +39,7 @@ def held_output(fds: tuple[int, ...] = (2,)):
     which ExecuTorch's bindings log through."""
     sys.stdout.flush()
     sys.stderr.flush()
-    log = NativeLog()
+    native = NativeLog()
     saved = {fd: os.dup(fd) for fd in fds}
     python_side = io.StringIO()
     with tempfile.TemporaryFile() as held:
@@ -47,7 +47,7 @@ def held_output(fds: tuple[int, ...] = (2,)):
             for fd in fds:
                 os.dup2(held.fileno(), fd)
             with contextlib.redirect_stderr(python_side) if 2 in fds else contextlib.nullcontext():
-                yield log
+                yield native
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -55,16 +55,17 @@ def held_output(fds: tuple[int, ...] = (2,)):
                 os.dup2(copy, fd)
                 os.close(copy)
             held.seek(0)
-            log.text = held.read().decode(errors="replace") + python_side.getvalue()
+            native.text = held.read().decode(errors="replace") + python_side.getvalue()
 
 
 @contextlib.contextmanager
-def native_errors(describe: Callable[[str], str], errors: tuple[type[BaseException], ...] = (RuntimeError,)):
-    """Runs the block with native stderr held; one of ``errors`` becomes an EdgeqatError whose message is
-    ``describe(reason)``, the reason being the held native log on one line (or the exception's text).
-    Without an error the held log goes to the debug log."""
+def native_errors(describe: Callable[[str], str], errors: tuple[type[BaseException], ...] = (RuntimeError,),
+                  fds: tuple[int, ...] = (2,)):
+    """Runs the block with native output on ``fds`` held; one of ``errors`` becomes an EdgeqatError whose
+    message is ``describe(reason)``, the reason being the held native log on one line (or the exception's
+    text). Without an error the held log goes to the debug log (--debug)."""
     failure = None
-    with held_output() as native:
+    with held_output(fds) as native:
         try:
             yield native
         except errors as e:
