@@ -3,6 +3,10 @@
 The exported method is ``forward(input_ids[1, T], cache_position[T]) -> logits[1, T, vocab]`` over a
 static cache of ``max_seq_len`` positions: T > 1 is a prefill, T == 1 one decode step. This is the
 signature ExecuTorch's LLM runner drives (``enable_dynamic_shape`` in the metadata).
+
+Two decoders with that signature: ``program_decoder``, what the `.pte` runs (ExecuTorch's LLM ops, CPU;
+export/llm_ops.py), and ``reference_decoder``, transformers' own static-cache recipe (any device), which
+`edgeqat check` times and generates with beside the `.pte`: an independent implementation of the same model.
 """
 
 from __future__ import annotations
@@ -12,10 +16,7 @@ import torch
 from edgeqat.errors import EdgeqatError
 
 
-def cached_decoder(model, max_seq_len: int) -> torch.nn.Module:
-    """Transformers' own export recipe: the model plus a static cache registered as buffers."""
-    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
-
+def _prepare(model, max_seq_len: int) -> None:
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and max_seq_len > limit:
         raise EdgeqatError(
@@ -26,6 +27,24 @@ def cached_decoder(model, max_seq_len: int) -> torch.nn.Module:
             # padding_idx only changes gradients; left in the graph it stops ExecuTorch from fusing a
             # quantized embedding into its embedding_4bit/byte kernels.
             module.padding_idx = None
+
+
+def program_decoder(model, max_seq_len: int) -> torch.nn.Module:
+    """The decoder the `.pte` is exported from (and golden outputs come from): ExecuTorch's cache and attention
+    ops, and RMSNorms that XNNPACK can run."""
+    from edgeqat.export.llm_ops import LlmOpsDecoder
+    from edgeqat.export.rms_norm import delegate_rms_norms
+
+    _prepare(model, max_seq_len)
+    delegate_rms_norms(model)
+    return LlmOpsDecoder(model, max_seq_len).eval()
+
+
+def reference_decoder(model, max_seq_len: int) -> torch.nn.Module:
+    """Transformers' own export recipe: the model plus a static cache registered as buffers."""
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    _prepare(model, max_seq_len)
     model.config.use_cache = True
     model.generation_config.cache_implementation = "static"
     model.generation_config.use_cache = True

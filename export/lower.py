@@ -26,10 +26,13 @@ def _op_name(node) -> str:
 
 
 def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict) -> Lowered:
-    import executorch.kernels.quantized  # noqa: F401  registers the quantized embedding ops' out variants
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    from edgeqat.export.llm_ops import load_kernels
+
+    load_kernels()  # the out variants of the LLM ops and of the quantized embedding ops
 
     edge = to_edge_transform_and_lower(
         program,

@@ -16,8 +16,8 @@ import torch
 
 from edgeqat.errors import EdgeqatError
 from edgeqat.generation import prefill_positions
+from edgeqat.native_output import native_errors
 from edgeqat.runtime_check.layer_debug_points import in_order, logits_name, recording, tap_points
-from edgeqat.runtime_check.native_output import native_errors
 
 log = logging.getLogger("edgeqat")
 DEBUG_PROGRAM = "layer_debug.pte"
@@ -45,16 +45,16 @@ class LayerProgram:
     """The debug program, lowered and loaded; `run(window)` -> {name: output[T, ...]} with the logits last."""
 
     def __init__(self, model: torch.nn.Module, max_seq_len: int, work_dir: str | Path):
-        from edgeqat.export.kv_cache import cached_decoder, export_decoder
+        from edgeqat.export.kv_cache import export_decoder, program_decoder
         from edgeqat.export.lower import lower_to_xnnpack
 
-        # cached_decoder and export_decoder change the model they are given (cache config, unwrapped
+        # program_decoder and export_decoder change the model they are given (cache config, unwrapped
         # quantized tensors); the caller's model stays the eager reference.
         model = copy.deepcopy(model)
+        decoder = program_decoder(model, max_seq_len)  # swaps modules in place (same names): tap after it
         points = tap_points(model)
         self.names = [*points, logits_name(model)]
         self.max_seq_len = max_seq_len
-        decoder = cached_decoder(model, max_seq_len)
         log.info("layer debug: exporting %d layer outputs (max_seq_len %d)", len(points), max_seq_len)
         with recording(points) as outputs:
             program = export_decoder(_WithLayerOutputs(decoder, outputs, list(points)).eval(), max_seq_len)
@@ -66,9 +66,11 @@ class LayerProgram:
 
     @staticmethod
     def _load(path: Path):
-        import executorch.kernels.quantized  # noqa: F401  quantized embedding kernels for --embedding-bits models
         from executorch.runtime import Runtime
 
+        from edgeqat.export.llm_ops import load_kernels
+
+        load_kernels()
         with native_errors(lambda why: f"ExecuTorch cannot load the layer-debug program {path}: {why}",
                            (RuntimeError, ValueError)):
             return Runtime.get().load_program(path).load_method("forward")

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeqat.runtime_check.native_output import native_errors
+from edgeqat.native_output import native_errors
 
 
 @dataclass
@@ -25,6 +25,9 @@ def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_toke
         # imported here: its native library logs as it loads, which is for --debug too
         from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
+        from edgeqat.export.llm_ops import load_kernels
+
+        load_kernels()  # the runner looks the program's ops up in this process's kernel registry
         runner = TextLLMRunner(str(bundle_dir / manifest["program"]), str(bundle_dir / manifest["tokenizer"]))
     pieces: list[str] = []
     stats: list = []

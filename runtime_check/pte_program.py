@@ -7,16 +7,18 @@ from pathlib import Path
 import torch
 
 from edgeqat.errors import EdgeqatError
-from edgeqat.runtime_check.native_output import native_errors
+from edgeqat.native_output import native_errors
 
 
 class PteProgram:
     """forward(tokens[1, T], positions[T]) -> logits[1, T, V] through the `.pte`'s KV-cached method."""
 
     def __init__(self, bundle_dir: Path, manifest: dict):
-        import executorch.kernels.quantized  # noqa: F401  quantized embedding kernels for --embedding-bits bundles
         from executorch.runtime import Runtime
 
+        from edgeqat.export.llm_ops import load_kernels
+
+        load_kernels()
         path = Path(bundle_dir) / manifest["program"]
         with native_errors(lambda why: f"ExecuTorch cannot load {path}: {why}; re-export the bundle",
                            (RuntimeError, ValueError)):

@@ -41,10 +41,10 @@ class Reference:
     def cached_forward(self, max_seq_len: int) -> Forward:
         """forward(tokens, positions) -> logits over a static KV cache, the way the `.pte` decodes; CPU tensors
         in and out."""
-        from edgeqat.export.kv_cache import cached_decoder, eager_forward
+        from edgeqat.export.kv_cache import eager_forward, reference_decoder
 
         if max_seq_len not in self._decoders:
-            self._decoders[max_seq_len] = eager_forward(cached_decoder(self.model, max_seq_len))
+            self._decoders[max_seq_len] = eager_forward(reference_decoder(self.model, max_seq_len))
         on_device = self._decoders[max_seq_len]
         return lambda tokens, positions: on_device(tokens.to(self.device), positions.to(self.device)).float().cpu()
 

@@ -1,0 +1,75 @@
+"""The export's module swaps (export/llm_ops.py, export/rms_norm.py) compute what transformers' modules do:
+the decoder with ExecuTorch's cache and attention ops against transformers' static-cache recipe, and the
+delegated RMSNorm against each family's own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeqat.export.kv_cache import eager_forward, program_decoder, reference_decoder
+from edgeqat.export.rms_norm import SCALES, DelegatedRMSNorm, delegate_rms_norms
+from edgeqat.generation import greedy, prefill_positions
+from edgeqat.native_output import held_output
+
+
+def _tiny(model_type: str, **extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
+                                  max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+FAMILIES = [("llama", {}), ("qwen3", {"head_dim": 16}), ("gemma3_text", {"head_dim": 16, "sliding_window": 64}),
+            ("olmo2", {}), ("phi3", {})]
+
+
+@pytest.mark.parametrize("model_type,extra", FAMILIES, ids=[f for f, _ in FAMILIES])
+def test_delegated_rms_norm_equals_the_familys_own(model_type, extra):
+    model = _tiny(model_type, **extra)
+    with torch.no_grad():
+        for module in model.modules():  # non-trivial scales, so that the Gemma offset matters
+            if type(module).__name__.endswith("RMSNorm"):
+                module.weight.normal_()
+    x = torch.randn(1, 5, 64)
+    expected = {name: module(x[..., : module.weight.shape[0]]) for name, module in model.named_modules()
+                if type(module).__name__ in SCALES}
+    assert delegate_rms_norms(model) == len(expected) > 0
+    assert not [m for m in model.modules() if type(m).__name__ in SCALES]
+    for name, output in expected.items():
+        replacement = model.get_submodule(name)
+        assert isinstance(replacement, DelegatedRMSNorm)
+        torch.testing.assert_close(replacement(x[..., : replacement.scale.shape[0]]), output, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type,extra", FAMILIES, ids=[f for f, _ in FAMILIES])
+def test_the_llm_ops_decoder_matches_transformers_static_cache(model_type, extra):
+    """Prefill, then decode step by step: logits at every step and the greedy tokens agree."""
+    import copy
+
+    model = _tiny(model_type, **extra)
+    ours = eager_forward(program_decoder(copy.deepcopy(model), 32))
+    reference = eager_forward(reference_decoder(model, 32))
+    prompt = torch.tensor([[3, 14, 15, 9, 2, 6]])
+    with held_output():  # the ops' eager kernels log a line per call about a temporary allocator
+        torch.testing.assert_close(ours(prompt, prefill_positions(0, 6)), reference(prompt, prefill_positions(0, 6)),
+                                   rtol=1e-4, atol=1e-4)
+        for position in range(6, 12):
+            token = torch.tensor([[position * 7 % 97]])
+            torch.testing.assert_close(ours(token, prefill_positions(position, 1)),
+                                       reference(token, prefill_positions(position, 1)), rtol=1e-4, atol=1e-4)
+        ids = [5, 8, 13]
+        ours = eager_forward(program_decoder(copy.deepcopy(model), 32))
+        reference = eager_forward(reference_decoder(copy.deepcopy(model), 32))
+        assert greedy(ours, ids, 20, 32) == greedy(reference, ids, 20, 32)
+
+
+def test_a_sliding_window_shorter_than_the_cache_is_refused():
+    from edgeqat.errors import EdgeqatError
+
+    model = _tiny("gemma3_text", head_dim=16, sliding_window=16)
+    with pytest.raises(EdgeqatError, match="max_seq_len 32 is larger than the model's sliding window"):
+        program_decoder(model, 32)
