@@ -84,7 +84,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("quantization")
     q.add_argument("--scheme", dest="quant.scheme", help="8da4w (default), 8da8w or 4w")
     q.add_argument("--group-size", dest="quant.group_size", type=int, help="32/64/128/256, or 0 for per-channel")
-    q.add_argument("--embedding-bits", dest="quant.embedding_bits", type=int, choices=[4, 8])
+    q.add_argument("--embedding-bits", dest="quant.embedding_bits", type=int, choices=[0, 4, 8],
+                   help="the token embedding: 4 (default), 8, or 0 to leave it float")
     q.add_argument("--skip-indivisible", dest="quant.skip_indivisible", action="store_const", const=True)
 
 

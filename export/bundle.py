@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,15 +59,41 @@ def golden_prompt_ids(tokenizer, prompts: list[str], max_seq_len: int) -> list[l
     return [prompt_ids(tokenizer, prompt, max_seq_len, "golden prompt") for prompt in prompts]
 
 
+@contextmanager
+def weights_dequantized_once() -> Iterator[None]:
+    """Within this block each torchao int weight is dequantized once and reused.
+
+    torchao's eager quantized linears and embeddings dequantize their weights on every call, which made the
+    golden outputs of a 0.6 B model the slowest part of its export. The cached value is the same function of
+    the same tensors, so every logit is the same float (tests/test_export_ops.py checks it bit for bit).
+    """
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+
+    original = IntxUnpackedToInt8Tensor.dequantize
+    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (the tensor, kept alive; its float value)
+
+    def dequantize(self):
+        if id(self) not in cache:
+            cache[id(self)] = (self, original(self))
+        return cache[id(self)][1]
+
+    IntxUnpackedToInt8Tensor.dequantize = dequantize
+    try:
+        yield
+    finally:
+        IntxUnpackedToInt8Tensor.dequantize = original
+        cache.clear()
+
+
 def golden_outputs(decoder, tokenizer, prompts: list[str], new_tokens: int, max_seq_len: int) -> list[dict]:
     """Greedy continuations of the prompts by ``decoder`` eagerly: the very module the `.pte` is exported from."""
     golden = []
     forward = eager_forward(decoder)
-    for prompt, ids in zip(prompts, golden_prompt_ids(tokenizer, prompts, max_seq_len)):
-        # The LLM ops' eager kernels log an error line per call for want of a temporary allocator they do not need.
-        with held_output():
+    # The LLM ops' eager kernels log an error line per call for want of a temporary allocator they do not need.
+    with weights_dequantized_once(), held_output():
+        for prompt, ids in zip(prompts, golden_prompt_ids(tokenizer, prompts, max_seq_len)):
             out = greedy(forward, ids, new_tokens, max_seq_len)
-        golden.append({"prompt": prompt, "prompt_ids": ids, "generated_ids": out, "text": tokenizer.decode(out)})
+            golden.append({"prompt": prompt, "prompt_ids": ids, "generated_ids": out, "text": tokenizer.decode(out)})
     return golden
 
 
@@ -81,15 +110,27 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
     check_tokenizer_matches(tokenizer, config.vocab_size)
     golden_prompt_ids(tokenizer, export.golden_prompts, export.max_seq_len)  # before the export's minutes of work
     linear_layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    # The model's parameters, counted before the export unwraps torchao's tensors into data, scales and zero
+    # points; a tied output layer once, as in the checkpoint (the converted model holds it as a second tensor).
+    parameters = sum(p.numel() for p in model.parameters())
+    if getattr(config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
+        head = model.get_output_embeddings().weight
+        if head is not model.get_input_embeddings().weight:
+            parameters -= head.numel()
 
     decoder = program_decoder(model, export.max_seq_len)
     log.info("golden outputs for %d prompts", len(export.golden_prompts))
+    start = time.perf_counter()
     golden = golden_outputs(decoder, tokenizer, export.golden_prompts, export.golden_new_tokens, export.max_seq_len)
+    golden_done = time.perf_counter()
     log.info("torch.export (max_seq_len %d)", export.max_seq_len)
     program = export_decoder(decoder, export.max_seq_len)
+    exported = time.perf_counter()
     log.info("lowering to XNNPACK")
     meta = runner_metadata(config, tokenizer, export.max_seq_len)
     lowered = lower_to_xnnpack(program, meta)
+    seconds = {"golden_outputs": round(golden_done - start, 2), "torch_export": round(exported - golden_done, 2),
+               **lowered.seconds}
     delegated_linears = linear_layers - lowered.linear_layers_undelegated
     log.info("XNNPACK took %d of %d linear layers (%d delegate calls)", delegated_linears, linear_layers, lowered.delegated_calls)
 
@@ -112,7 +153,7 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
                 "bos_id": meta["get_bos_id"] if meta["get_bos_id"] >= 0 else None,
                 "eos_ids": meta["get_eos_ids"],
                 "max_seq_len": export.max_seq_len,
-                "parameters": sum(p.numel() for p in model.parameters()),
+                "parameters": parameters,
             },
             "quantization": {
                 "mode": record["mode"],
@@ -129,6 +170,7 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
                 "linear_layers_delegated": delegated_linears,
                 "delegate_calls": lowered.delegated_calls,
                 "undelegated_ops": lowered.undelegated_ops,
+                "seconds": seconds,  # where the export's time went (this host)
                 "config": to_dict(export),
             },
             "golden": golden,
@@ -138,5 +180,6 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
         }
         write_json_atomic(tmp / MANIFEST, manifest)
     size = (bundle_dir / PROGRAM).stat().st_size
-    log.info("bundle %s: %s %.2f MB", bundle_dir, PROGRAM, size / 1e6)
+    log.info("bundle %s: %s %.2f MB; export %s", bundle_dir, PROGRAM, size / 1e6,
+             ", ".join(f"{stage.replace('_', ' ')} {s:.0f} s" for stage, s in seconds.items()))
     return bundle_dir

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
 # Ops that, left outside the delegate, mean a linear layer runs on the slow portable kernels (attention's
 # activation x activation products decompose to bmm and are not counted).
-LINEAR_OPS = ("aten.linear.", "aten.addmm.", "aten.mm.")
+LINEAR_OPS = ("aten::linear.", "aten::addmm.", "aten::mm.")
+# XNNPACK's preprocessing passes that rewrite only the ops named here. Each pass re-traces its whole subgraph
+# (about 2 % of a decoder's lowering apiece, profiled), so a subgraph holding none of its ops skips it; a
+# decoder has no convolution, batch norm, PReLU, padding or upsampling. tests/test_export_ops.py checks that
+# the program comes out byte for byte the same.
+PASS_TRIGGERS = {
+    "ConvertToUpsampleBilinear2d": ("upsample", "_unsafe_index", "index.Tensor"),
+    "FuseBatchNormPass": ("batch_norm",),
+    "DecomposeBatchNorm": ("batch_norm",),
+    "InsertPadQDQPass": ("constant_pad_nd",),
+    "Conv1dUnsqueezePass": ("convolution",),
+    "PReLUReshapePass": ("prelu",),
+}
+# Graph plumbing of an ExecuTorch program, not kernels: the delegate call itself, tuple access, memory
+# planning's allocations and its no-copy views.
+NOT_OPS = ("executorch_call_delegate", "getitem", "alloc", "view")
 
 
 @dataclass
@@ -18,14 +36,38 @@ class Lowered:
     delegated_calls: int  # XNNPACK subgraphs
     undelegated_ops: dict[str, int]  # op name -> count, of what stayed on the portable CPU kernels
     linear_layers_undelegated: int
+    seconds: dict[str, float]  # "lowering" (to edge + XNNPACK), "serialization" (ExecuTorch passes + flatbuffer)
 
 
 def _op_name(node) -> str:
+    """``namespace::op.overload`` of an operator (``aten::view_copy.out``), the name of a Python callable."""
     target = node.target
+    if hasattr(target, "name") and callable(target.name):
+        return target.name()
     return getattr(target, "__name__", None) or str(target)
 
 
-def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict) -> Lowered:
+@contextmanager
+def _unmatched_xnnpack_passes_skipped() -> Iterator[None]:
+    from executorch.backends.xnnpack import xnnpack_preprocess
+
+    original = xnnpack_preprocess.XNNPACKPassManager
+
+    class SkippingPassManager(original):
+        def transform(self):
+            ops = {str(n.target) for n in self.exported_program.graph.nodes if n.op == "call_function"}
+            self.passes = [p for p in self.passes if p.__name__ not in PASS_TRIGGERS
+                           or any(t in op for op in ops for t in PASS_TRIGGERS[p.__name__])]
+            return super().transform()
+
+    xnnpack_preprocess.XNNPACKPassManager = SkippingPassManager
+    try:
+        yield
+    finally:
+        xnnpack_preprocess.XNNPACKPassManager = original
+
+
+def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict, skip_unmatched_passes: bool = True) -> Lowered:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
@@ -34,17 +76,15 @@ def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict) -> L
 
     load_kernels()  # the out variants of the LLM ops and of the quantized embedding ops
 
-    edge = to_edge_transform_and_lower(
-        program,
-        partitioner=[XnnpackPartitioner()],
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-        constant_methods=metadata,
-    )
-    graph = edge.exported_program().graph_module.graph
-    calls = [n for n in graph.nodes if n.op == "call_function"]
-    delegated = sum(_op_name(n) == "executorch_call_delegate" for n in calls)
-    undelegated = Counter(_op_name(n) for n in calls if _op_name(n) not in ("executorch_call_delegate", "getitem"))
-    linear_left = sum(c for op, c in undelegated.items() if op.startswith(LINEAR_OPS))
+    start = time.perf_counter()
+    with _unmatched_xnnpack_passes_skipped() if skip_unmatched_passes else nullcontext():
+        edge = to_edge_transform_and_lower(
+            program,
+            partitioner=[XnnpackPartitioner()],
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+            constant_methods=metadata,
+        )
+    lowered = time.perf_counter()
     backend_config = ExecutorchBackendConfig(
         extract_delegate_segments=True,
         # Fuses torchao's dequantize + embedding into ExecuTorch's quantized embedding kernels.
@@ -52,4 +92,13 @@ def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict) -> L
         # Plans memory for the largest prefill the dynamic seq_len allows.
         sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
     )
-    return Lowered(edge.to_executorch(backend_config).buffer, delegated, dict(undelegated), linear_left)
+    executorch = edge.to_executorch(backend_config)
+    buffer = executorch.buffer
+    done = time.perf_counter()
+    # Counted in the final program, after the quantized embedding fusion, as the runtime will run it.
+    calls = [n for n in executorch.exported_program().graph_module.graph.nodes if n.op == "call_function"]
+    delegated = sum(_op_name(n) == "executorch_call_delegate" for n in calls)
+    undelegated = Counter(_op_name(n) for n in calls if _op_name(n) not in NOT_OPS)
+    linear_left = sum(c for op, c in undelegated.items() if op.startswith(LINEAR_OPS))
+    return Lowered(buffer, delegated, dict(undelegated), linear_left,
+                   {"lowering": round(lowered - start, 2), "serialization": round(done - lowered, 2)})

@@ -9,7 +9,7 @@ rsqrt, scale) are ops it has. The result equals the module it replaces up to the
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -39,7 +39,7 @@ class DelegatedRMSNorm(torch.nn.Module):
 
 def _epsilon(module: torch.nn.Module) -> float:
     eps = getattr(module, "variance_epsilon", None)
-    return float(getattr(module, "eps") if eps is None else eps)
+    return float(module.eps if eps is None else eps)
 
 
 def delegate_rms_norms(model: torch.nn.Module) -> int:

@@ -101,10 +101,12 @@ def _device_estimates(bundle_dir: Path, manifest: dict, model, runner_row: dict,
                                                        pte_data_bytes)
     from edgeqat.runtime_check.device_profiles import load_profiles
     from edgeqat.runtime_check.device_results import attach_measured
+    from edgeqat.schemes import embedding_group_size
 
     q = manifest["quantization"]
     per_token = decode_bytes_per_token(pte_data_bytes(bundle_dir / manifest["program"]), model.config.to_dict(),
-                                       q["embedding_bits"], manifest["model"]["max_seq_len"], q["group_size"])
+                                       q["embedding_bits"], runner_row["prompt_tokens"] + config.decode_tokens // 2,
+                                       embedding_group_size(q["embedding_bits"], q["group_size"]))
     bandwidth = measure_host_bandwidth(config.threads)
     estimates = estimate_devices(per_token, runner_row["decode_tokens_per_s"], bandwidth,
                                  load_profiles(config.device_profiles or None), config.threads)

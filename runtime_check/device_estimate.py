@@ -88,11 +88,10 @@ def decode_bytes_per_token(
       float32); otherwise int8 or packed int4 with one float32 scale per group (fused into ExecuTorch's
       quantized embedding kernels).
     - The KV cache is float32: 2 (K, V) x layers x kv_heads x head_dim x context_tokens x 4 bytes. It is
-      memory-planned, not stored in the .pte. The exported attention reads the whole static cache
-      (transformers' StaticCache returns all max_seq_len positions, masked), so for these programs pass
-      the bundle's max_seq_len; a smaller context is what a dynamic-length cache would read.
-    - Not counted: activations (kilobytes per token), and the cache copies the exported graph makes (the
-      functional index_put + write-back, the grouped-query expand); the host calibration absorbs them.
+      memory-planned, not stored in the .pte. The program's attention (ExecuTorch's custom_sdpa) reads the
+      positions filled so far, so ``context_tokens`` is the context a decode step sees (on average, the
+      prompt plus half the decoded tokens).
+    - Not counted: activations (kilobytes per token); the host calibration absorbs them.
     """
     vocab = _config_int(model_config, "vocab_size")
     hidden = _config_int(model_config, "hidden_size")

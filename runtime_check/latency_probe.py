@@ -42,13 +42,16 @@ def _runner(request: dict) -> dict:
     runner = TextLLMRunner(request["program"], request["tokenizer"])
     config = GenerationConfig(max_new_tokens=request["decode_tokens"] + 1, temperature=0.0, echo=False, num_bos=0, num_eos=0)
     stats: list = []
-    runner.generate(request["prompt_text"], config, token_callback=lambda piece: None, stats_callback=stats.append)
+    # No token callback: the binding turns each piece into a str, which fails on a piece that is not UTF-8 by
+    # itself (a character split across byte-level tokens; any token of a random-weights model), and the
+    # timing needs no text.
+    runner.generate(request["prompt_text"], config, token_callback=None, stats_callback=stats.append)
     load_ms = (time.perf_counter() - start) * 1e3
     best = None
     for _ in range(2):  # the first generation above was the warm-up (and loads the program)
         runner.reset()
         stats.clear()
-        runner.generate(request["prompt_text"], config, token_callback=lambda piece: None, stats_callback=stats.append)
+        runner.generate(request["prompt_text"], config, token_callback=None, stats_callback=stats.append)
         row = _runner_rates(json.loads(stats[-1].to_json_string()))
         if best is None or row["decode_tokens_per_s"] > best["decode_tokens_per_s"]:
             best = row
@@ -63,6 +66,7 @@ def _runner_rates(stats: dict) -> dict:
     decode_ms = max(1, stats["inference_end_ms"] - stats["prompt_eval_end_ms"])
     return {
         "prompt_tokens": stats["prompt_tokens"],
+        "generated_tokens": stats["generated_tokens"],  # fewer than asked when the model chose its end token
         "prefill_tokens_per_s": stats["prompt_tokens"] * 1e3 / prefill_ms,
         "decode_tokens_per_s": stats["generated_tokens"] * 1e3 / decode_ms,
         "time_to_first_token_ms": float(stats["first_token_ms"] - stats["inference_start_ms"]),

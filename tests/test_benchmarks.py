@@ -36,3 +36,13 @@ def test_shaped_model_configs_have_the_published_sizes():
 
     assert round(parameter_count(model_skeleton(shaped_config("qwen3-0.6b"))) / 1e6) == 596
     assert round(parameter_count(model_skeleton(shaped_config("gemma3-270m"))) / 1e6) == 268
+
+
+def test_decode_speed_and_its_llama_cpp_worker_load_without_llama_cpp():
+    """decode_speed.py needs llama-cpp-python (the benchmark extra, never in CI) only to time; its options and
+    the worker's usage line come without it."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "decode_speed.py"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "--gguf-type" in result.stdout, result.stderr
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "llama_cpp_worker.py")], capture_output=True, text=True)
+    assert result.returncode == 1 and "usage: llama_cpp_worker.py {convert|quantize|time}" in result.stderr

@@ -201,7 +201,7 @@ def test_misspelt_override_is_caught():
         ({"quant.scheme": "9bit"}, "unknown scheme '9bit'"),
         ({"train.device": "tpu"}, "unknown train.device 'tpu'; choose one of: auto, cpu, cuda"),
         ({"quant.group_size": -32}, "quant.group_size must be at least 0, got -32"),
-        ({"quant.embedding_bits": 3}, "unknown quant.embedding_bits 3; choose one of: 4, 8"),
+        ({"quant.embedding_bits": 3}, "unknown quant.embedding_bits 3; choose one of: 0, 4, 8"),
         ({"train.max_steps": 0}, "train.max_steps must be at least 1"),
         ({"export.max_seq_len": 1}, "export.max_seq_len must be at least 2"),
     ],

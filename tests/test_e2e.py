@@ -23,9 +23,18 @@ FAST = E2E_FAST  # the session's default_run (conftest) was made with these
 
 def test_run_leaves_a_bundle_whose_pte_matches_eager(default_run: Path):
     manifest = load_bundle(default_run / "bundle")
-    assert manifest["quantization"] == {"mode": "qat", "scheme": "8da4w", "group_size": 32, "embedding_bits": None}
-    assert manifest["export"]["linear_layers"] == 29  # 4 layers x 7 + lm_head
-    assert manifest["export"]["linear_layers_delegated"] == manifest["export"]["linear_layers"]
+    assert manifest["quantization"] == {"mode": "qat", "scheme": "8da4w", "group_size": 32, "embedding_bits": 4}
+    export = manifest["export"]
+    assert export["linear_layers"] == 29  # 4 layers x 7 + lm_head
+    assert export["linear_layers_delegated"] == export["linear_layers"]
+    # ExecuTorch's LLM ops for the cache and attention, its int4 embedding kernel, RMSNorm inside the delegate:
+    # a decode step is a few delegate calls per layer, with no portable cache copy or mean left.
+    ops = export["undelegated_ops"]
+    assert ops["llama::update_cache.out"] == 8 and ops["llama::custom_sdpa.out"] == 4
+    assert ops["quantized_decomposed::embedding_4bit.out"] == 1
+    assert not [op for op in ops if "index_put" in op or "mean" in op or "linear" in op or "mm" in op]
+    assert export["delegate_calls"] <= 3 * 4 + 2
+    assert set(export["seconds"]) == {"golden_outputs", "torch_export", "lowering", "serialization"}
     assert manifest["model"]["max_seq_len"] == 64
     assert len(manifest["golden"]) == 3 and all(len(g["generated_ids"]) == 24 for g in manifest["golden"])
 
@@ -47,6 +56,8 @@ def test_run_leaves_a_bundle_whose_pte_matches_eager(default_run: Path):
     assert report["layer_debug"] is None  # the gates passed
     fp32_weights = (default_run / "checkpoint" / "model.safetensors").stat().st_size
     assert report["pte_bytes"] < fp32_weights / 2
+    # int4 everywhere: within 1.3x of parameters x 4.5 bits (the tied output layer is a second int4 copy, 14 %)
+    assert report["pte_bytes"] < 1.3 * manifest["model"]["parameters"] * 4.5 / 8
     assert "edgeqat check report" in (default_run / "report" / "report.md").read_text()
     html = (default_run / "report" / "report.html").read_text()
     assert "<svg" in html or "data:image/svg+xml" in html

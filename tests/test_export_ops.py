@@ -73,3 +73,41 @@ def test_a_sliding_window_shorter_than_the_cache_is_refused():
     model = _tiny("gemma3_text", head_dim=16, sliding_window=16)
     with pytest.raises(EdgeqatError, match="max_seq_len 32 is larger than the model's sliding window"):
         program_decoder(model, 32)
+
+
+def test_weights_dequantized_once_gives_the_same_logits_bit_for_bit():
+    """The golden outputs' fast path (export/bundle.py) is the same model: each quantized weight's float value
+    is computed once instead of on every call, nothing else changes."""
+    from edgeqat.config import QuantConfig
+    from edgeqat.export.bundle import weights_dequantized_once
+    from edgeqat.train.quantize import quantize_ptq
+
+    model = _tiny("qwen3", head_dim=16)
+    quantize_ptq(model, QuantConfig(embedding_bits=4))
+    forward = eager_forward(program_decoder(model, 32))
+    prompt = torch.tensor([[3, 14, 15, 9, 2, 6]])
+    with held_output():
+        plain = [forward(prompt, prefill_positions(0, 6)), forward(prompt[:, :1], prefill_positions(6, 1))]
+        with weights_dequantized_once():
+            cached = [forward(prompt, prefill_positions(0, 6)), forward(prompt[:, :1], prefill_positions(6, 1))]
+            again = forward(prompt[:, :1], prefill_positions(6, 1))
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached)) and torch.equal(again, plain[1])
+
+
+def test_skipping_xnnpack_passes_that_match_nothing_leaves_the_program_byte_for_byte_the_same():
+    from edgeqat.config import QuantConfig
+    from edgeqat.export.kv_cache import export_decoder
+    from edgeqat.export.lower import lower_to_xnnpack
+    from edgeqat.train.quantize import quantize_ptq
+
+    model = _tiny("qwen3", head_dim=16)
+    quantize_ptq(model, QuantConfig(embedding_bits=4))
+    import copy
+
+    def program():  # lowering changes the program it is given: one export each
+        return export_decoder(program_decoder(copy.deepcopy(model), 32), 32)
+
+    skipped = lower_to_xnnpack(program(), {"get_max_seq_len": 32}, skip_unmatched_passes=True)
+    full = lower_to_xnnpack(program(), {"get_max_seq_len": 32}, skip_unmatched_passes=False)
+    assert skipped.program == full.program
+    assert skipped.delegated_calls == full.delegated_calls and skipped.undelegated_ops == full.undelegated_ops

@@ -170,14 +170,28 @@ IDS = torch.tensor([[1, 17, 42, 99, 200, 3, 128, 255]])
 LINEARS_PER_TINY_LLAMA = 2 * 7 + 1  # q k v o gate up down per layer, plus lm_head
 
 
-def test_prepare_qat_fake_quantizes_every_linear():
+def test_prepare_qat_fake_quantizes_every_linear_and_by_default_the_embedding():
     model = tiny_llama()
     prepare_qat(model, QuantConfig())
     linears = _linears(model)
     assert len(linears) == LINEARS_PER_TINY_LLAMA
     assert all(isinstance(m, FakeQuantizedLinear) for m in linears.values())
-    assert not isinstance(model.model.embed_tokens, FakeQuantizedEmbedding)
-    assert count_fake_quantized(model) == LINEARS_PER_TINY_LLAMA
+    assert isinstance(model.model.embed_tokens, FakeQuantizedEmbedding)
+    config = model.model.embed_tokens.weight_fake_quantizer.config
+    assert (config.dtype, config.granularity) == (torch.int4, PerGroup(32))
+    assert count_fake_quantized(model) == LINEARS_PER_TINY_LLAMA + 1
+
+
+@pytest.mark.parametrize("bits,linear_group,expected", [(4, 32, 32), (4, 64, 64), (4, 0, 32), (8, 0, 0), (8, 32, 32),
+                                                        (0, 32, None), (None, 0, None)])
+def test_the_embedding_group_size_follows_the_linears_except_int4_per_channel(bits, linear_group, expected):
+    assert schemes.embedding_group_size(bits, linear_group) == expected
+
+
+def test_a_per_channel_scheme_still_groups_a_4_bit_embedding():
+    model = tiny_llama()
+    prepare_qat(model, QuantConfig(scheme="8da8w"))
+    assert model.model.embed_tokens.weight_fake_quantizer.config.granularity == PerGroup(32)
 
 
 @pytest.mark.parametrize("scheme", ["8da4w", "8da8w", "4w"])
@@ -241,9 +255,10 @@ def test_embedding_bits_quantizes_the_embedding(bits):
     assert (fake - _logits(model, IDS)).abs().max().item() == 0
 
 
-def test_no_embedding_bits_leaves_the_embedding_float():
+@pytest.mark.parametrize("bits", [0, None])
+def test_no_embedding_bits_leaves_the_embedding_float(bits):
     model = tiny_llama()
-    quantize_ptq(model, QuantConfig())
+    quantize_ptq(model, QuantConfig(embedding_bits=bits))
     assert type(model.model.embed_tokens.weight) is torch.nn.Parameter
     assert all(type(m.weight) is not torch.nn.Parameter for m in _linears(model).values())
 

@@ -17,6 +17,7 @@ from edgeqat.config import QuantConfig, from_dict
 from edgeqat.errors import EdgeqatError
 from edgeqat.ownership import check_output
 from edgeqat.paths import require_folder
+from edgeqat.schemes import embedding_bits_of
 from edgeqat.train.quantize import convert_qat, prepare_qat, quantize_ptq
 
 log = logging.getLogger("edgeqat")
@@ -92,7 +93,7 @@ def save_converted(model, tokenizer, output_dir: Path, train_record: dict, mode:
             quantized=quantized,
             scheme=train_record["scheme"] if quantized else "none",
             group_size=train_record["group_size"] if quantized else None,
-            embedding_bits=train_record["config"]["quant"]["embedding_bits"] if quantized else None,
+            embedding_bits=embedding_bits_of(train_record["config"]["quant"]["embedding_bits"]) if quantized else None,
             source=str(checkpoint_dir.resolve()),
         )
 

@@ -7,7 +7,7 @@ adapters after, so the rank-r adapter layers (in_features = r) are never group-q
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -25,7 +25,8 @@ def _configs(quant: QuantConfig):
     linear = schemes.base_config(scheme, group_size)
     embedding = None
     if quant.embedding_bits:
-        embedding = schemes.embedding_config(quant.embedding_bits, group_size)
+        embedding = schemes.embedding_config(
+            quant.embedding_bits, schemes.embedding_group_size(quant.embedding_bits, group_size))
     return linear, group_size, embedding
 
 
@@ -35,10 +36,11 @@ def check_quantizable(model: torch.nn.Module, quant: QuantConfig, warn: Callable
     linear_filter = schemes.linear_filter(model, group_size, quant.skip_indivisible, warn)
     if embedding is not None:
         embedding_dim = model.get_input_embeddings().embedding_dim
-        if group_size and embedding_dim % group_size:
+        embedding_group = schemes.embedding_group_size(quant.embedding_bits, group_size)
+        if embedding_group and embedding_dim % embedding_group:
             raise EdgeqatError(
-                f"the embedding dimension {embedding_dim} is not divisible by group size {group_size}; "
-                f"choose a group size that divides it, or drop embedding quantization"
+                f"the embedding dimension {embedding_dim} is not divisible by group size {embedding_group}; "
+                f"choose a group size that divides it, or --embedding-bits 0 for a float embedding"
             )
     return linear_filter
 
