@@ -70,7 +70,7 @@ def _golden(pte: PteProgram, bundle_dir: Path, manifest: dict, tokenizer) -> lis
             "eager_text": g["text"],
             "pte_text": tokenizer.decode(ids),
             "runner_text": runner.text,
-            "runner_matches_golden": runner.text.strip() == g["text"].strip(),
+            "runner_matches_golden": None if runner.text is None else runner.text.strip() == g["text"].strip(),
         })
     return rows
 

@@ -11,7 +11,7 @@ from edgeqat.native_output import native_errors
 
 @dataclass
 class RunnerResult:
-    text: str
+    text: str | None  # None when a generated piece was not UTF-8 on its own (see generate_with_runner)
     prompt_tokens: int
     generated_tokens: int
     prefill_tokens_per_s: float
@@ -32,13 +32,25 @@ def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_toke
     pieces: list[str] = []
     stats: list = []
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False, num_bos=0, num_eos=0)
-    # The runner prints its INFO lines, the tokens and its stats to descriptors 1 and 2: for --debug only.
-    with native_errors(lambda why: f"ExecuTorch's LLM runner failed to generate: {why}", fds=(1, 2)):
-        runner.generate(prompt, config, token_callback=pieces.append, stats_callback=stats.append)
+    failed = lambda why: f"ExecuTorch's LLM runner failed to generate: {why}"  # noqa: E731
+    text: str | None
+    try:
+        # The runner prints its INFO lines, the tokens and its stats to descriptors 1 and 2: for --debug only.
+        with native_errors(failed, fds=(1, 2)):
+            runner.generate(prompt, config, token_callback=pieces.append, stats_callback=stats.append)
+        text = "".join(pieces)
+    except UnicodeDecodeError:
+        # The binding turns each piece into a str, and a piece that is not UTF-8 by itself (a character split
+        # across byte-level tokens) raises: the text is unknown, the stats come from a run without it.
+        runner.reset()
+        stats.clear()
+        with native_errors(failed, fds=(1, 2)):
+            runner.generate(prompt, config, token_callback=None, stats_callback=stats.append)
+        text = None
     s = json.loads(stats[-1].to_json_string()) if stats else {}
     ttft = s.get("first_token_ms", 0) - s.get("inference_start_ms", 0)
     return RunnerResult(
-        text="".join(pieces),
+        text=text,
         prompt_tokens=s.get("prompt_tokens", 0),
         generated_tokens=s.get("generated_tokens", len(pieces)),
         prefill_tokens_per_s=float(s.get("prefill_token_per_sec", 0.0)),

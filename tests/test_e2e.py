@@ -176,3 +176,25 @@ def test_pte_memory_is_the_timing_process_own(default_run: Path):
     bundle = default_run / "bundle"
     row = probe_pte(bundle, load_bundle(bundle), "method", list(range(1, 17)), "", 4, 1)
     assert ballast[-1] == 1 and 0 < row["pte_rss_mib"] < row["peak_rss_mib"] < 1800
+
+
+def test_the_llm_runner_survives_a_piece_that_is_not_utf8_on_its_own(default_run: Path, tmp_path: Path):
+    """ExecuTorch's runner binding turns each generated piece into a str, and a byte-level piece such as a
+    lone 0xB3 (half of a character split across tokens) raises there: the check must go on without the text."""
+    import shutil
+
+    from edgeqat.runtime_check.llm_runner import generate_with_runner
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_run / "bundle", bundle)
+    manifest = load_bundle(default_run / "bundle")
+    golden = manifest["golden"][0]
+    tokenizer = json.loads((bundle / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    by_id = {i: piece for piece, i in vocab.items()}
+    first, lone_byte = golden["generated_ids"][0], vocab["³"]  # ByteLevel's character for the byte 0xB3
+    vocab[by_id[first]], vocab["³"] = lone_byte, first  # the first generated token now decodes to b"\xb3"
+    (bundle / "tokenizer.json").write_text(json.dumps(tokenizer))
+
+    result = generate_with_runner(bundle, manifest, golden["prompt"], 8)
+    assert result.text is None and result.generated_tokens > 0 and result.decode_tokens_per_s >= 0

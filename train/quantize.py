@@ -34,8 +34,9 @@ def check_quantizable(model: torch.nn.Module, quant: QuantConfig, warn: Callable
     """The linear filter for ``quant`` on ``model``; raises before any work when the group size does not fit."""
     _, group_size, embedding = _configs(quant)
     linear_filter = schemes.linear_filter(model, group_size, quant.skip_indivisible, warn)
-    if embedding is not None:
-        embedding_dim = model.get_input_embeddings().embedding_dim
+    # Any nn.Embedding is quantized (schemes.embedding_filter); a module without one has nothing to check.
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)] if embedding is not None else []
+    for embedding_dim in sorted({m.embedding_dim for m in embeddings}):
         embedding_group = schemes.embedding_group_size(quant.embedding_bits, group_size)
         if embedding_group and embedding_dim % embedding_group:
             raise EdgeqatError(
