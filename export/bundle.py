@@ -170,6 +170,7 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
                 "linear_layers_delegated": delegated_linears,
                 "delegate_calls": lowered.delegated_calls,
                 "undelegated_ops": lowered.undelegated_ops,
+                "bytes_stored_once": lowered.bytes_stored_once,
                 "seconds": seconds,  # where the export's time went (this host)
                 "config": to_dict(export),
             },

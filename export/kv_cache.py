@@ -31,12 +31,14 @@ def _prepare(model, max_seq_len: int) -> None:
 
 def program_decoder(model, max_seq_len: int) -> torch.nn.Module:
     """The decoder the `.pte` is exported from (and golden outputs come from): ExecuTorch's cache and attention
-    ops, and RMSNorms that XNNPACK can run."""
+    ops, RMSNorms that XNNPACK can run, and a tied int4 embedding that the `.pte` stores once."""
     from edgeqat.export.llm_ops import LlmOpsDecoder
     from edgeqat.export.rms_norm import delegate_rms_norms
+    from edgeqat.export.tied_embedding import share_tied_embedding
 
     _prepare(model, max_seq_len)
     delegate_rms_norms(model)
+    share_tied_embedding(model)
     return LlmOpsDecoder(model, max_seq_len).eval()
 
 

@@ -37,6 +37,7 @@ class Lowered:
     undelegated_ops: dict[str, int]  # op name -> count, of what stayed on the portable CPU kernels
     linear_layers_undelegated: int
     seconds: dict[str, float]  # "lowering" (to edge + XNNPACK), "serialization" (ExecuTorch passes + flatbuffer)
+    bytes_stored_once: int = 0  # delegate data that reads a program constant's equal bytes (shared_segments.py)
 
 
 def _op_name(node) -> str:
@@ -67,12 +68,14 @@ def _unmatched_xnnpack_passes_skipped() -> Iterator[None]:
         xnnpack_preprocess.XNNPACKPassManager = original
 
 
-def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict, skip_unmatched_passes: bool = True) -> Lowered:
+def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict, skip_unmatched_passes: bool = True,
+                     store_repeats_once: bool = True) -> Lowered:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
     from edgeqat.export.llm_ops import load_kernels
+    from edgeqat.export.shared_segments import Shared, store_repeated_data_once
 
     load_kernels()  # the out variants of the LLM ops and of the quantized embedding ops
 
@@ -93,12 +96,13 @@ def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict, skip
         sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
     )
     executorch = edge.to_executorch(backend_config)
-    buffer = executorch.buffer
+    shared = store_repeated_data_once(executorch.buffer) if store_repeats_once else Shared(executorch.buffer, 0, 0)
     done = time.perf_counter()
     # Counted in the final program, after the quantized embedding fusion, as the runtime will run it.
     calls = [n for n in executorch.exported_program().graph_module.graph.nodes if n.op == "call_function"]
     delegated = sum(_op_name(n) == "executorch_call_delegate" for n in calls)
     undelegated = Counter(_op_name(n) for n in calls if _op_name(n) not in NOT_OPS)
     linear_left = sum(c for op, c in undelegated.items() if op.startswith(LINEAR_OPS))
-    return Lowered(buffer, delegated, dict(undelegated), linear_left,
-                   {"lowering": round(lowered - start, 2), "serialization": round(done - lowered, 2)})
+    return Lowered(shared.program, delegated, dict(undelegated), linear_left,
+                   {"lowering": round(lowered - start, 2), "serialization": round(done - lowered, 2)},
+                   shared.bytes_saved)
