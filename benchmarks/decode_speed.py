@@ -155,7 +155,8 @@ def bytes_per_token(bundle: Path, manifest: dict, gguf: Path, context: int) -> d
     config = json.loads((bundle.parent / "converted" / "config.json").read_text())
     q = manifest["quantization"]
     ours = decode_bytes_per_token(pte_data_bytes(bundle / manifest["program"]), config, q["embedding_bits"], context,
-                                  embedding_group_size(q["embedding_bits"], q["group_size"]))
+                                  embedding_group_size(q["embedding_bits"], q["group_size"]),
+                                  manifest["export"].get("bytes_stored_once", 0))
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     kv_f16 = 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * context * 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from edgeqat.config import ExportConfig, to_dict
 from edgeqat.errors import EdgeqatError
 from edgeqat.export.kv_cache import eager_forward, export_decoder, program_decoder
 from edgeqat.export.lower import lower_to_xnnpack
+from edgeqat.export.rope import rotation_as_linear
 from edgeqat.generation import greedy, prompt_ids
 from edgeqat.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 from edgeqat.native_output import held_output
@@ -119,13 +121,14 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
             parameters -= head.numel()
 
     decoder = program_decoder(model, export.max_seq_len)
-    log.info("golden outputs for %d prompts", len(export.golden_prompts))
-    start = time.perf_counter()
-    golden = golden_outputs(decoder, tokenizer, export.golden_prompts, export.golden_new_tokens, export.max_seq_len)
-    golden_done = time.perf_counter()
-    log.info("torch.export (max_seq_len %d)", export.max_seq_len)
-    program = export_decoder(decoder, export.max_seq_len)
-    exported = time.perf_counter()
+    with rotation_as_linear(decoder, config):  # the golden outputs and the .pte: one model
+        log.info("golden outputs for %d prompts", len(export.golden_prompts))
+        start = time.perf_counter()
+        golden = golden_outputs(decoder, tokenizer, export.golden_prompts, export.golden_new_tokens, export.max_seq_len)
+        golden_done = time.perf_counter()
+        log.info("torch.export (max_seq_len %d)", export.max_seq_len)
+        program = export_decoder(decoder, export.max_seq_len)
+        exported = time.perf_counter()
     log.info("lowering to XNNPACK")
     meta = runner_metadata(config, tokenizer, export.max_seq_len)
     lowered = lower_to_xnnpack(program, meta)
@@ -176,7 +179,9 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
             },
             "golden": golden,
             "versions": versions(),
-            "source": {"converted": str(converted_dir.resolve()), "converted_files": record["files"]},
+            # Relative to the bundle: no path of this machine (a bundle moved alone needs --reference).
+            "source": {"converted": os.path.relpath(converted_dir.resolve(), bundle_dir.resolve()),
+                       "converted_files": record["files"]},
             "files": hash_files(tmp, exclude=(MANIFEST,)),
         }
         write_json_atomic(tmp / MANIFEST, manifest)

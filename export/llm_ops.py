@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from edgeqat.errors import EdgeqatError
+from edgeqat.export.rope import head_dim_of
 
 ATTENTION = "edgeqat_executorch_sdpa"  # the attention implementation registered with transformers
 START = "edgeqat_start_pos"  # the forward's first position, handed to the attention as a model keyword
@@ -103,7 +104,7 @@ class LlmOpsDecoder(torch.nn.Module):
         self.cache = StaticCache(config=config, max_cache_len=max_seq_len)
         self.cache.layers = [_update_cache_layer(max_seq_len, self._start) for _ in self.cache.layers]
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = head_dim_of(config)
         self.cache.early_initialization(1, heads, head_dim, next(model.parameters()).dtype, "cpu")
         for i, layer in enumerate(self.cache.layers):  # buffers, so that torch.export sees the cache as state
             self.register_buffer(f"key_cache_{i}", layer.keys, persistent=False)

@@ -106,7 +106,8 @@ def _device_estimates(bundle_dir: Path, manifest: dict, model, runner_row: dict,
     q = manifest["quantization"]
     per_token = decode_bytes_per_token(pte_data_bytes(bundle_dir / manifest["program"]), model.config.to_dict(),
                                        q["embedding_bits"], runner_row["prompt_tokens"] + config.decode_tokens // 2,
-                                       embedding_group_size(q["embedding_bits"], q["group_size"]))
+                                       embedding_group_size(q["embedding_bits"], q["group_size"]),
+                                       manifest["export"].get("bytes_stored_once", 0))
     bandwidth = measure_host_bandwidth(config.threads)
     estimates = estimate_devices(per_token, runner_row["decode_tokens_per_s"], bandwidth,
                                  load_profiles(config.device_profiles or None), config.threads)
@@ -163,7 +164,7 @@ def check(
     results = [load_device_results(f, manifest_sha, program_sha) for f in device_results]  # bad input before any work
     pte = PteProgram(bundle_dir, manifest)
     max_seq_len = manifest["model"]["max_seq_len"]
-    model, tokenizer, references, skipped = load_references(manifest, converted, unquantized, config.reference_device)
+    model, tokenizer, references, skipped = load_references(bundle_dir, manifest, converted, unquantized, config.reference_device)
     prompts = [(g["prompt"], g["prompt_ids"], len(g["generated_ids"])) for g in manifest["golden"]]
     prompts += _user_prompts(tokenizer, config.prompts, config.decode_tokens, max_seq_len)
     windows = token_windows(tokenizer, config.eval_dataset, DEFAULT_EVAL_DATA, config.eval_windows, max_seq_len - 1)

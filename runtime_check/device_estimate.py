@@ -46,7 +46,7 @@ class DecodeBytes:
     """What one decode step reads, in bytes."""
 
     pte_bytes: int  # the .pte's data as passed (constants + delegate weights)
-    embedding_table_bytes: int  # the token embedding as stored in the .pte: not read, but for one row
+    embedding_table_bytes: int  # the token embedding's own bytes in the .pte: not read, but for one row
     embedding_row_bytes: int
     kv_cache_bytes: int  # K and V of every layer over context_tokens positions, float32
     context_tokens: int
@@ -72,18 +72,22 @@ def decode_bytes_per_token(
     embedding_bits: int | None,
     context_tokens: int,
     embedding_group_size: int | None = None,
+    bytes_stored_once: int = 0,
 ) -> DecodeBytes:
     """Bytes one decode step of an edgeqat `.pte` reads.
 
     ``pte_bytes``: the .pte's data, best ``pte_data_bytes(path)``; the file size also works and counts
     the flatbuffer program (a few % on a tiny model, nothing on a real one). ``model_config``: the
     converted model's config.json as a dict (or report.json's "model"). ``embedding_bits``: None, 8 or 4,
-    from the manifest; ``embedding_group_size``: the manifest's group_size (0 or None: one scale per row).
+    from the manifest; ``embedding_group_size``: the manifest's group_size (0 or None: one scale per row);
+    ``bytes_stored_once``: the manifest's ``export.bytes_stored_once``, the table's bytes that are also the
+    output layer's weights (read every step).
 
     Assumptions, from how export/ builds the program:
     - Every linear, lm_head included, is a quantized XNNPACK linear whose weights are all read each step;
-      lm_head is quantized as a linear of its own, so a tied embedding is stored twice and only the
-      gather's copy is left out here.
+      lm_head is quantized as a linear of its own. A tied int4 table is stored once (the gather reads
+      the output layer's bytes), so only its separate scales are left out here; otherwise the gather's
+      whole copy is.
     - The token embedding is a gather: one row per token. Float32 when not quantized (export runs in
       float32); otherwise int8 or packed int4 with one float32 scale per group (fused into ExecuTorch's
       quantized embedding kernels).
@@ -116,8 +120,10 @@ def decode_bytes_per_token(
             f"the embedding table ({table} bytes) is not smaller than the .pte data ({pte_bytes} bytes): "
             "the model config does not describe this program"
         )
+    if not 0 <= bytes_stored_once < table:
+        raise EdgeqatError(f"bytes_stored_once {bytes_stored_once} is not part of the embedding table ({table} bytes)")
     kv_cache = 2 * layers * kv_heads * head_dim * context_tokens * FLOAT32_BYTES
-    return DecodeBytes(pte_bytes, table, row, kv_cache, context_tokens)
+    return DecodeBytes(pte_bytes, table - bytes_stored_once, row, kv_cache, context_tokens)
 
 
 def pte_data_bytes(pte_path: str | Path) -> int:

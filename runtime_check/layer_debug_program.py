@@ -47,6 +47,7 @@ class LayerProgram:
     def __init__(self, model: torch.nn.Module, max_seq_len: int, work_dir: str | Path):
         from edgeqat.export.kv_cache import export_decoder, program_decoder
         from edgeqat.export.lower import lower_to_xnnpack
+        from edgeqat.export.rope import rotation_as_linear
 
         # program_decoder and export_decoder change the model they are given (cache config, unwrapped
         # quantized tensors); the caller's model stays the eager reference.
@@ -56,7 +57,7 @@ class LayerProgram:
         self.names = [*points, logits_name(model)]
         self.max_seq_len = max_seq_len
         log.info("layer debug: exporting %d layer outputs (max_seq_len %d)", len(points), max_seq_len)
-        with recording(points) as outputs:
+        with recording(points) as outputs, rotation_as_linear(decoder, model.config):  # as export_bundle does
             program = export_decoder(_WithLayerOutputs(decoder, outputs, list(points)).eval(), max_seq_len)
         lowered = lower_to_xnnpack(program, {})
         self.path = Path(work_dir) / DEBUG_PROGRAM

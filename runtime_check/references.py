@@ -58,8 +58,12 @@ def reference_device(choice: str) -> torch.device | None:
     return torch.device("cuda") if choice != "cpu" and torch.cuda.is_available() else None
 
 
-def load_references(manifest: dict, converted: str | None, unquantized: str | None, device_choice: str):
+def load_references(bundle_dir: Path, manifest: dict, converted: str | None, unquantized: str | None,
+                    device_choice: str):
     """(converted model on CPU, tokenizer, references, skipped references as {name, why}).
+
+    Without ``converted``, the manifest's ``source.converted`` (relative to the bundle) names it, and the
+    converted model's record names its unquantized checkpoint (relative to the converted model).
 
     The converted model must be the very one the bundle was exported from (its files' sha256s match the
     manifest), or the comparison would measure the wrong thing.
@@ -72,7 +76,7 @@ def load_references(manifest: dict, converted: str | None, unquantized: str | No
     if converted:
         converted_dir = require_folder(converted, "--reference", "give the converted model's folder")
     else:
-        converted_dir = Path(manifest.get("source", {}).get("converted", ""))
+        converted_dir = Path(bundle_dir) / manifest.get("source", {}).get("converted", "")
         if not (converted_dir / "edgeqat.json").is_file():
             raise EdgeqatError(
                 f"the converted model behind this bundle was not found ({converted_dir}); pass it with --reference"
@@ -95,7 +99,7 @@ def load_references(manifest: dict, converted: str | None, unquantized: str | No
         if not (float_dir / "config.json").is_file():
             raise EdgeqatError(f"--unquantized {float_dir} has no config.json; give a checkpoint folder (edgeqat train's output)")
     else:
-        float_dir = Path(record.get("source") or "")
+        float_dir = converted_dir / record["source"] if record.get("source") else Path("")
     if (float_dir / "config.json").is_file():
         # On a GPU in bf16, the way it was fine-tuned; on the CPU in fp32 (bf16 matmuls are slow there).
         dtype, where = (torch.bfloat16, gpu) if gpu is not None else (torch.float32, torch.device("cpu"))

@@ -70,6 +70,17 @@ def test_quantized_embedding_is_left_out_but_for_one_row(bits, table, row):
     assert b.total == 3_000_000 - table + row + 262_144
 
 
+def test_a_tied_table_stored_once_is_read_as_the_output_layer_and_only_its_scales_are_left_out():
+    # The default bundle: 2048 x 256 int4 (262,144 bytes, also the output layer's weights) + float32 scales.
+    b = decode_bytes_per_token(2_200_000, DEFAULT_MODEL_CONFIG, 4, 64, embedding_group_size=32,
+                               bytes_stored_once=262_144)
+    assert b.embedding_table_bytes == 65_536
+    assert b.total == 2_200_000 - 65_536 + (128 + 8 * 4) + 262_144
+    with pytest.raises(EdgeqatError, match="not part of the embedding table"):
+        decode_bytes_per_token(2_200_000, DEFAULT_MODEL_CONFIG, 4, 64, embedding_group_size=32,
+                               bytes_stored_once=400_000)
+
+
 def test_kv_cache_grows_with_context_and_defaults_come_from_the_heads():
     config = {"vocab_size": 1000, "hidden_size": 512, "num_hidden_layers": 2, "num_attention_heads": 8}
     short = decode_bytes_per_token(10_000_000, config, None, 100)

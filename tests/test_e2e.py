@@ -35,9 +35,15 @@ def test_run_leaves_a_bundle_whose_pte_matches_eager(default_run: Path):
     assert ops["quantized_decomposed::embedding_4bit.dtype_out"] == 1 and ops["aten::flip.out"] == 1
     assert export["bytes_stored_once"] >= 2048 * 256 // 2
     assert not [op for op in ops if "index_put" in op or "mean" in op or "linear" in op or "mm" in op]
-    assert export["delegate_calls"] <= 3 * 4 + 2
+    # The rotary embedding's rotation is a linear layer inside the delegate: no slice splits a layer's subgraph.
+    assert not [op for op in ops if "slice" in op]
+    assert export["delegate_calls"] <= 2 * 4 + 3
     assert set(export["seconds"]) == {"golden_outputs", "torch_export", "lowering", "serialization"}
     assert manifest["model"]["max_seq_len"] == 64
+    # Portable artifacts: no path of the machine that made them (the check finds its references relatively).
+    for artifact in (default_run / "bundle" / "manifest.json", default_run / "converted" / "edgeqat.json"):
+        assert str(default_run.resolve()) not in artifact.read_text(), artifact
+    assert manifest["source"]["converted"] == "../converted"
     assert len(manifest["golden"]) == 3 and all(len(g["generated_ids"]) == 24 for g in manifest["golden"])
 
     report = json.loads((default_run / "report" / "report.json").read_text())

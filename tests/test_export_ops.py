@@ -111,3 +111,37 @@ def test_skipping_xnnpack_passes_that_match_nothing_leaves_the_program_byte_for_
     full = lower_to_xnnpack(program(), {"get_max_seq_len": 32}, skip_unmatched_passes=False)
     assert skipped.program == full.program
     assert skipped.delegated_calls == full.delegated_calls and skipped.undelegated_ops == full.undelegated_ops
+
+
+def test_the_rotation_as_a_linear_layer_is_transformers_rotate_half_exactly():
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    from edgeqat.export.rope import Rotations, rotation_matrix
+
+    rotations = Rotations()
+    for width in (8, 64, 128):
+        rotations.register_buffer(f"rotation_{width}", rotation_matrix(width), persistent=False)
+        x = torch.randn(1, 4, 5, width)
+        assert torch.equal(rotations.rotate_half(x), rotate_half(x))
+    x = torch.randn(2, 6)  # a width with no matrix: the slices
+    assert torch.equal(rotations.rotate_half(x), rotate_half(x))
+
+
+@pytest.mark.parametrize("model_type,extra", FAMILIES, ids=[f for f, _ in FAMILIES])
+def test_the_decoder_with_its_rotation_as_a_linear_layer_gives_the_same_logits(model_type, extra):
+    import sys
+
+    from edgeqat.export.rope import rotation_as_linear
+
+    model = _tiny(model_type, **extra)
+    decoder = program_decoder(model, 32)
+    forward = eager_forward(decoder)
+    prompt = torch.tensor([[3, 14, 15, 9, 2, 6]])
+    modeling = sys.modules[type(model).__module__]
+    original = modeling.rotate_half
+    with held_output():
+        plain = forward(prompt, prefill_positions(0, 6))
+        with rotation_as_linear(decoder, model.config) as patched:
+            rotated = forward(prompt, prefill_positions(0, 6))
+    assert patched >= 1 and modeling.rotate_half is original  # restored after the block
+    assert torch.equal(plain, rotated)

@@ -8,6 +8,7 @@ Quantized tensors are saved with torchao's safetensors support and reload with `
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -94,7 +95,7 @@ def save_converted(model, tokenizer, output_dir: Path, train_record: dict, mode:
             scheme=train_record["scheme"] if quantized else "none",
             group_size=train_record["group_size"] if quantized else None,
             embedding_bits=embedding_bits_of(train_record["config"]["quant"]["embedding_bits"]) if quantized else None,
-            source=str(checkpoint_dir.resolve()),
+            source=os.path.relpath(checkpoint_dir.resolve(), output_dir.resolve()),  # relative: no machine path
         )
 
 
