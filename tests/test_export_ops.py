@@ -94,7 +94,8 @@ def test_weights_dequantized_once_gives_the_same_logits_bit_for_bit():
     assert all(torch.equal(a, b) for a, b in zip(plain, cached)) and torch.equal(again, plain[1])
 
 
-def test_skipping_xnnpack_passes_that_match_nothing_leaves_the_program_byte_for_byte_the_same():
+def test_the_lowering_shortcuts_leave_the_program_byte_for_byte_the_same():
+    """Skipping XNNPACK passes that match nothing and ExecuTorch's second decomposition pass changes no byte."""
     from edgeqat.config import QuantConfig
     from edgeqat.export.kv_cache import export_decoder
     from edgeqat.export.lower import lower_to_xnnpack
@@ -107,10 +108,33 @@ def test_skipping_xnnpack_passes_that_match_nothing_leaves_the_program_byte_for_
     def program():  # lowering changes the program it is given: one export each
         return export_decoder(program_decoder(copy.deepcopy(model), 32), 32)
 
-    skipped = lower_to_xnnpack(program(), {"get_max_seq_len": 32}, skip_unmatched_passes=True)
-    full = lower_to_xnnpack(program(), {"get_max_seq_len": 32}, skip_unmatched_passes=False)
+    skipped = lower_to_xnnpack(program(), {"get_max_seq_len": 32})
+    full = lower_to_xnnpack(program(), {"get_max_seq_len": 32}, skip_unmatched_passes=False,
+                            one_decomposition_pass=False)
     assert skipped.program == full.program
     assert skipped.delegated_calls == full.delegated_calls and skipped.undelegated_ops == full.undelegated_ops
+
+
+def test_one_decomposition_pass_only_when_the_partitioner_takes_every_preserved_node():
+    from edgeqat.export.lower import _partitioner
+
+    class Linears(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.taken = torch.nn.Linear(8, 8)
+            self.weight = torch.nn.Parameter(torch.randn(8, 8))
+
+        def forward(self, x, w):
+            # XNNPACK takes a linear whose weight is a parameter, not one whose weight is an input.
+            return self.taken(x) if w is None else torch.nn.functional.linear(self.taken(x), w)
+
+    x = torch.randn(2, 8)
+    taken = torch.export.export(Linears(), (x, None)).run_decompositions({})
+    ops, check = _partitioner(True).ops_to_not_decompose(taken)
+    assert check is None and torch.ops.aten.linear.default in ops
+    refused = torch.export.export(Linears(), (x, torch.randn(8, 8))).run_decompositions({})
+    ops, check = _partitioner(True).ops_to_not_decompose(refused)
+    assert check is not None  # the upstream two-pass path, which decomposes the refused linear
 
 
 def test_the_rotation_as_a_linear_layer_is_transformers_rotate_half_exactly():
