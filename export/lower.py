@@ -104,10 +104,11 @@ def _partitioner(one_decomposition_pass: bool):
             from executorch.exir.program._program import _remove_invalid_ops_for_not_decompose
 
             ops, check = super().ops_to_not_decompose(ep)
-            kept = _remove_invalid_ops_for_not_decompose(list(ops))
-            nodes = [n for n in ep.graph.nodes if n.op == "call_function" and n.target in set(ops)]
+            preserved = set(ops)
+            nodes = [n for n in ep.graph.nodes if n.op == "call_function" and n.target in preserved]
             if check is None or all(check(n) for n in nodes):
-                return kept, None
+                # What the two-pass path would keep from decomposition, as it filters it.
+                return _remove_invalid_ops_for_not_decompose(list(ops)), None
             return ops, check
 
     return OnePassXnnpackPartitioner() if one_decomposition_pass else XnnpackPartitioner()
