@@ -1,10 +1,11 @@
-"""The XNNPACK lowering with edgeqat's shortcuts (export/lower.py) against ExecuTorch's full path, side by side.
+"""The XNNPACK lowering with edgeqat's shortcuts (export/lowering_shortcuts.py) against ExecuTorch's full path, side by side.
 
     edgeqat run                                   # or any `edgeqat convert` output
     python benchmarks/lowering_shortcuts.py edgeqat-out/converted --rounds 2
 
 Traces the converted model once per lowering, as `edgeqat export` does, then lowers it alternately with the
-shortcuts on (one decomposition pass, XNNPACK passes that match nothing skipped) and off, ``--rounds`` times.
+shortcuts on (XNNPACK passes that match nothing skipped, one decomposition pass, the edge passes fused,
+subgraphs preprocessed in one process per core) and off, ``--rounds`` times.
 Prints the lowering and serialisation seconds of each and their medians, checks the `.pte` bytes are the same,
 and writes the table as JSON (``--json``, default lowering_shortcuts.json).
 """
@@ -42,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             with rotation_as_linear(decoder, model.config):
                 program = export_decoder(decoder, args.max_seq_len)
             start = time.perf_counter()
-            lowered = lower_to_xnnpack(program, {"get_max_seq_len": args.max_seq_len},
-                                       skip_unmatched_passes=shortcuts, one_decomposition_pass=shortcuts)
+            lowered = lower_to_xnnpack(program, {"get_max_seq_len": args.max_seq_len}, shortcuts=shortcuts)
             total = time.perf_counter() - start
             runs.append({"round": round_, "shortcuts": shortcuts, **lowered.seconds, "total": round(total, 2),
                          "pte_bytes": len(lowered.program)})

@@ -95,6 +95,8 @@ def _add_resume_option(p: argparse.ArgumentParser) -> None:
 
 def _add_export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", dest="export.max_seq_len", type=int, help="KV cache length of the .pte")
+    p.add_argument("--lowering-workers", dest="export.lowering_workers", type=int,
+                   help="processes for XNNPACK's preprocessing (default 0: one per core; 1: none forked)")
 
 
 def _add_check_options(p: argparse.ArgumentParser) -> None:

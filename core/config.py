@@ -97,6 +97,9 @@ class ExportConfig:
         factory=lambda: ["A wise son maketh", "The fear of the LORD is", "Better is a little"], min_items=1, nonempty=True
     )
     golden_new_tokens: int = setting(24, min=1)
+    # Processes for XNNPACK's preprocessing of the delegate subgraphs; 0: one per core. The .pte is the same
+    # whatever the count (tests/test_export_ops.py), so a bundle is not re-exported when only this changes.
+    lowering_workers: int = setting(0, min=0)
 
 
 @dataclass

@@ -43,6 +43,10 @@ def check_outputs(dirs: dict[str, Path], stages: dict[str, str], config: RunConf
             ensure_progress_is_ours(dirs[name])
 
 
+# How the export runs, not what it makes: a bundle exported with another value is still current.
+EXPORT_SETTINGS_NOT_IN_THE_PTE = ("lowering_workers",)
+
+
 def _bundle_is_current(bundle: Path, converted: Path, config: RunConfig) -> bool:
     from edgeqat.manifest import load_bundle
 
@@ -50,9 +54,12 @@ def _bundle_is_current(bundle: Path, converted: Path, config: RunConfig) -> bool
         manifest = load_bundle(bundle)
     except EdgeqatError:
         return False
+    def made_the_same(export: dict) -> dict:
+        return {key: value for key, value in export.items() if key not in EXPORT_SETTINGS_NOT_IN_THE_PTE}
+
     return (
         manifest["source"]["converted_files"] == read_record(converted)["files"]
-        and manifest["export"]["config"] == to_dict(config.export)
+        and made_the_same(manifest["export"]["config"]) == made_the_same(to_dict(config.export))
     )
 
 

@@ -131,7 +131,7 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
         exported = time.perf_counter()
     log.info("lowering to XNNPACK")
     meta = runner_metadata(config, tokenizer, export.max_seq_len)
-    lowered = lower_to_xnnpack(program, meta)
+    lowered = lower_to_xnnpack(program, meta, workers=export.lowering_workers or None)
     seconds = {"golden_outputs": round(golden_done - start, 2), "torch_export": round(exported - golden_done, 2),
                **lowered.seconds}
     delegated_linears = linear_layers - lowered.linear_layers_undelegated

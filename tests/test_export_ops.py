@@ -95,7 +95,8 @@ def test_weights_dequantized_once_gives_the_same_logits_bit_for_bit():
 
 
 def test_the_lowering_shortcuts_leave_the_program_byte_for_byte_the_same():
-    """Skipping XNNPACK passes that match nothing and ExecuTorch's second decomposition pass changes no byte."""
+    """The shortcuts (XNNPACK passes that match nothing skipped, one decomposition pass, the edge passes fused,
+    subgraphs preprocessed in two processes) change no byte."""
     from edgeqat.config import QuantConfig
     from edgeqat.export.kv_cache import export_decoder
     from edgeqat.export.lower import lower_to_xnnpack
@@ -108,15 +109,59 @@ def test_the_lowering_shortcuts_leave_the_program_byte_for_byte_the_same():
     def program():  # lowering changes the program it is given: one export each
         return export_decoder(program_decoder(copy.deepcopy(model), 32), 32)
 
-    skipped = lower_to_xnnpack(program(), {"get_max_seq_len": 32})
-    full = lower_to_xnnpack(program(), {"get_max_seq_len": 32}, skip_unmatched_passes=False,
-                            one_decomposition_pass=False)
-    assert skipped.program == full.program
-    assert skipped.delegated_calls == full.delegated_calls and skipped.undelegated_ops == full.undelegated_ops
+    fast = lower_to_xnnpack(program(), {"get_max_seq_len": 32}, workers=2)
+    full = lower_to_xnnpack(program(), {"get_max_seq_len": 32}, shortcuts=False)
+    assert fast.program == full.program
+    assert fast.delegated_calls == full.delegated_calls > 1 and fast.undelegated_ops == full.undelegated_ops
+
+
+def test_the_edge_passes_are_fused_with_this_executorch():
+    """The fusion applies to the pinned ExecuTorch's pass list (another list would run unfused, and slowly)."""
+    from executorch.exir import EdgeCompileConfig
+    from executorch.exir.program import _program
+
+    from edgeqat.export.lowering_shortcuts import edge_passes_fused
+
+    with edge_passes_fused():
+        pre, _ = _program._get_aten_to_edge_passes(EdgeCompileConfig())
+        names = [type(getattr(p, "__wrapped__", p)).__name__ for p in pre]
+        op_replace = type(_program.OpReplacePass()).__name__
+    fused = ("FusedNormalizeTransposePassReplaceBrokenOpsWithFunctionalOpsPass"
+             "ScalarToTensorPassSymToTensorPass")
+    assert names == ["ReplaceSymSizeOpPass", fused, "RemoveNoopPass", "PruneEmptyTensorsPass", "RemoveToCopyPass"]
+    assert op_replace == "FusedRemoveMixedTypeOperatorsOpReplacePassMemoryFormatOpsPass"
+    assert type(_program.OpReplacePass()).__name__ == "OpReplacePass"  # restored
+
+
+def test_subgraphs_are_shared_out_largest_first_to_the_least_loaded_worker():
+    from edgeqat.export.lowering_shortcuts import _shares
+
+    assert _shares([5, 100, 7, 60, 50], 2) == [[1, 2, 0], [3, 4]]
+    assert _shares([3, 1], 4) == [[0], [1]]  # no empty worker
+
+
+def test_a_worker_that_fails_or_dies_is_a_clear_error(monkeypatch):
+    import os
+
+    from edgeqat.export import lowering_shortcuts
+
+    class Broken:
+        graph = type("Graph", (), {"nodes": [1, 2]})()
+
+    monkeypatch.setattr(lowering_shortcuts, "_JOBS", [(Broken(), []), (Broken(), [])])
+    with pytest.raises(RuntimeError, match="failed in a worker process"):
+        lowering_shortcuts._preprocess_forked(2)
+
+    def dies(*args):
+        os._exit(9)
+
+    monkeypatch.setattr(lowering_shortcuts, "_preprocess_in_worker", dies)
+    with pytest.raises(RuntimeError, match=r"worker ended \(exit codes \[9, 9\].*subgraphs \[0, 1\]"):
+        lowering_shortcuts._preprocess_forked(2)
 
 
 def test_one_decomposition_pass_only_when_the_partitioner_takes_every_preserved_node():
-    from edgeqat.export.lower import _partitioner
+    from edgeqat.export.lowering_shortcuts import partitioner
 
     class Linears(torch.nn.Module):
         def __init__(self):
@@ -130,10 +175,10 @@ def test_one_decomposition_pass_only_when_the_partitioner_takes_every_preserved_
 
     x = torch.randn(2, 8)
     taken = torch.export.export(Linears(), (x, None)).run_decompositions({})
-    ops, check = _partitioner(True).ops_to_not_decompose(taken)
+    ops, check = partitioner().ops_to_not_decompose(taken)
     assert check is None and torch.ops.aten.linear.default in ops
     refused = torch.export.export(Linears(), (x, torch.randn(8, 8))).run_decompositions({})
-    ops, check = _partitioner(True).ops_to_not_decompose(refused)
+    ops, check = partitioner().ops_to_not_decompose(refused)
     assert check is not None  # the upstream two-pass path, which decomposes the refused linear
 
 

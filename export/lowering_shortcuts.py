@@ -1,0 +1,270 @@
+"""Shortcuts through ExecuTorch's XNNPACK lowering that change no byte of the program.
+
+Lowering a decoder is mostly re-tracing: each ExecuTorch or XNNPACK pass replays the whole graph through fake
+tensors with symbolic shapes, and most of them change nothing in a decoder. Profiled on the default model, the
+shortcuts here take lowering from about 120 s to about 40 s. Each one is exact by construction (it runs the
+same rewrites, or skips only what cannot match), and tests/test_export_ops.py checks that the `.pte` comes out
+byte for byte the same as ExecuTorch's own path. `shortcuts()` applies them all for one lowering.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+# XNNPACK's preprocessing passes that rewrite only the ops named here (substrings of the op's name). Each pass
+# re-traces its whole subgraph (about 2 % of a decoder's lowering apiece, profiled) even when it changes
+# nothing, so a subgraph holding none of its ops skips it: a decoder has no convolution, batch norm, PReLU,
+# padding, pooling, ReLU or decomposed SDPA (attention is llama::custom_sdpa, outside the delegate), and its
+# linears reach XNNPACK as aten.linear, not mm.
+PASS_TRIGGERS = {
+    "ConvertToUpsampleBilinear2d": ("upsample", "_unsafe_index", "index.Tensor"),
+    "FuseBatchNormPass": ("batch_norm",),
+    "DecomposeBatchNorm": ("batch_norm",),
+    "InsertPadQDQPass": ("constant_pad_nd",),
+    "Conv1dUnsqueezePass": ("convolution",),
+    "PReLUReshapePass": ("prelu",),
+    "ConvertToSDPAPass": ("softmax",),  # its patterns are SDPA decomposed: bmm, mul, softmax
+    "ConvertToLinearPass": ("mm.default",),  # mm, addmm, bmm
+    "FuseActivationPass": ("relu", "hardtanh"),
+    "DecomposeConcatenate": ("aten.cat",),
+    "RemoveGetItemPass": ("max_pool2d_with_indices", "aten.max.dim"),
+    "RemoveRedundantCopyPass": ("_to_copy",),
+}
+# Passes that act on node metadata rather than ops: needed only when a node carries that key.
+PASS_META_TRIGGERS = {"PropagateCustomMetaPass": "custom"}
+
+# ExecuTorch's ATen-to-edge passes (exir/program/_program.py, _generate_edge_program) in the order it runs
+# them. The runs of ExportPass subclasses that rewrite one operator at a time (they override call_operator
+# only, and call super() for what they emit) are fused into one trace each; the others run as they are.
+EDGE_PRE_OP_PASSES = ["ReplaceSymSizeOpPass", "NormalizeTransposePass", "ReplaceBrokenOpsWithFunctionalOpsPass",
+                      "ScalarToTensorPass", "SymToTensorPass", "RemoveNoopPass", "PruneEmptyTensorsPass",
+                      "RemoveToCopyPass", "RemoveMixedTypeOperators"]
+FUSED_BEFORE_CLEANUP = slice(1, 5)  # NormalizeTranspose .. SymToTensor
+FUSED_WITH_OP_REPLACE = "RemoveMixedTypeOperators"  # the last pre-op pass, run with OpReplace and MemoryFormat
+
+
+def _pass_can_match(name: str, ops: set[str], meta_keys: set[str]) -> bool:
+    if name in PASS_TRIGGERS:
+        return any(trigger in op for op in ops for trigger in PASS_TRIGGERS[name])
+    if name in PASS_META_TRIGGERS:
+        return PASS_META_TRIGGERS[name] in meta_keys
+    return True
+
+
+@contextmanager
+def unmatched_xnnpack_passes_skipped() -> Iterator[None]:
+    from executorch.backends.xnnpack import xnnpack_preprocess
+
+    original = xnnpack_preprocess.XNNPACKPassManager
+
+    class SkippingPassManager(original):
+        def transform(self):
+            nodes = list(self.exported_program.graph.nodes)
+            ops = {str(n.target) for n in nodes if n.op == "call_function"}
+            meta_keys = {key for n in nodes for key in n.meta}
+            self.passes = [p for p in self.passes if _pass_can_match(p.__name__, ops, meta_keys)]
+            return super().transform()
+
+    xnnpack_preprocess.XNNPACKPassManager = SkippingPassManager
+    try:
+        yield
+    finally:
+        xnnpack_preprocess.XNNPACKPassManager = original
+
+
+def partitioner(one_decomposition_pass: bool = True):
+    """XNNPACK's partitioner; with ``one_decomposition_pass``, one that spares ExecuTorch a decomposition pass.
+
+    ``to_edge_transform_and_lower`` keeps a partitioner's ops (aten.linear, torchao's quantize ops) from being
+    decomposed in two passes when the partitioner filters them by a node check: one that preserves them all,
+    then, after swapping the nodes that pass the check for placeholder ops, one that decomposes the rest. Each
+    pass re-traces the whole program (about a sixth of the lowering, profiled). When every such node in the
+    program passes the check, the second pass decomposes none of them, and saying "no check" takes
+    ExecuTorch's single-pass path to the same program. Otherwise the check is returned and both passes run.
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class OnePassXnnpackPartitioner(XnnpackPartitioner):
+        def ops_to_not_decompose(self, ep):
+            from executorch.exir.program._program import _remove_invalid_ops_for_not_decompose
+
+            ops, check = super().ops_to_not_decompose(ep)
+            preserved = set(ops)
+            nodes = [n for n in ep.graph.nodes if n.op == "call_function" and n.target in preserved]
+            if check is None or all(check(n) for n in nodes):
+                # What the two-pass path would keep from decomposition, as it filters it.
+                return _remove_invalid_ops_for_not_decompose(list(ops)), None
+            return ops, check
+
+    return OnePassXnnpackPartitioner() if one_decomposition_pass else XnnpackPartitioner()
+
+
+def _fused(*classes: type) -> type:
+    """One ExportPass that applies ``classes``' per-operator rewrites in order, in a single trace.
+
+    Each class overrides only ``call_operator`` and hands what it emits to ``super().call_operator``; in a
+    class deriving from all of them, Python's method order makes ``super()`` the next pass's rewrite, so every
+    op the first pass emits goes through the second, as it would in the second pass's own trace.
+    """
+    return type("Fused" + "".join(c.__name__ for c in classes), classes, {})
+
+
+@contextmanager
+def edge_passes_fused() -> Iterator[None]:
+    """ExecuTorch's ATen-to-edge passes with the per-operator ones fused: 7 traces become 2.
+
+    Applied only where ExecuTorch's list is the one this was written against (EDGE_PRE_OP_PASSES); any other
+    version runs its passes unchanged.
+    """
+    from executorch.exir.pass_base import ExportPass, PassResult
+    from executorch.exir.program import _program
+
+    get_passes, op_replace, memory_format = (_program._get_aten_to_edge_passes, _program.OpReplacePass,
+                                             _program.MemoryFormatOpsPass)
+
+    class AlreadyApplied(ExportPass):  # MemoryFormatOpsPass, run inside the fused OpReplacePass
+        def call(self, graph_module):
+            return PassResult(graph_module, False)
+
+    def fused_passes(config):
+        pre, post = get_passes(config)
+        passes = [getattr(p, "__wrapped__", p) for p in pre]  # ExportedProgramPassManager wraps each pass
+        if [type(p).__name__ for p in passes] != EDGE_PRE_OP_PASSES or config._skip_dim_order:
+            return pre, post
+        _program.OpReplacePass = lambda: _fused(type(passes[-1]), op_replace, memory_format)()
+        _program.MemoryFormatOpsPass = AlreadyApplied
+        before_cleanup = _fused(*(type(p) for p in passes[FUSED_BEFORE_CLEANUP]))()
+        return [pre[0], before_cleanup, *pre[FUSED_BEFORE_CLEANUP.stop:-1]], post
+
+    _program._get_aten_to_edge_passes = fused_passes
+    try:
+        yield
+    finally:
+        _program._get_aten_to_edge_passes = get_passes
+        _program.OpReplacePass, _program.MemoryFormatOpsPass = op_replace, memory_format
+
+
+_JOBS: list = []  # (edge program, compile specs) per subgraph, set before the workers fork
+
+
+def _preprocess_in_worker(jobs: list[int], results) -> None:
+    """A forked worker: preprocesses its share of _JOBS, sending (index, result) or (None, traceback)."""
+    import torch
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler: a terminated worker just ends
+    torch.set_num_threads(1)  # one worker per core; and OpenMP's thread pool does not survive a fork
+    try:
+        for index in jobs:
+            program, specs = _JOBS[index]
+            results.send((index, XnnpackBackend.preprocess(program, specs)))
+    except BaseException:  # noqa: BLE001 -- whatever ends the worker, the parent must hear of it
+        results.send((None, traceback.format_exc()))
+    finally:
+        results.close()
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _shares(sizes: list[int], workers: int) -> list[list[int]]:
+    """Job indices per worker: largest first, each to the worker with the least work so far."""
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        least = loads.index(min(loads))
+        shares[least].append(index)
+        loads[least] += sizes[index]
+    return [share for share in shares if share]
+
+
+def _preprocess_forked(workers: int) -> dict[int, object]:
+    context = multiprocessing.get_context("fork")
+    processes, pending = [], []
+    results: dict[int, object] = {}
+    try:
+        for share in _shares([len(program.graph.nodes) for program, _ in _JOBS], workers):
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=_preprocess_in_worker, args=(share, sender), daemon=True)
+            process.start()
+            sender.close()  # the worker's end: EOF here once the worker is gone
+            processes.append(process)
+            pending.append(receiver)
+        while pending:
+            for receiver in multiprocessing.connection.wait(pending):
+                try:
+                    index, result = receiver.recv()
+                except EOFError:
+                    pending.remove(receiver)
+                    continue
+                if index is None:
+                    raise RuntimeError(f"XNNPACK preprocessing failed in a worker process:\n{result}")
+                results[index] = result
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+            process.join()
+    missing = sorted(set(range(len(_JOBS))) - results.keys())
+    if missing:
+        codes = [process.exitcode for process in processes]
+        raise RuntimeError(f"an XNNPACK preprocessing worker ended (exit codes {codes}; -9 is often the kernel "
+                           f"killing it for memory) before delegate subgraphs {missing} were done; "
+                           "export again with fewer workers (--lowering-workers 1)")
+    return results
+
+
+@contextmanager
+def xnnpack_subgraphs_preprocessed_in_parallel(workers: int) -> Iterator[None]:
+    """XNNPACK's per-subgraph preprocessing (its passes, weight packing, flatbuffer) in ``workers`` forked
+    processes, the largest subgraphs shared out first; the results go back in ExecuTorch's order, so the
+    program is the same.
+
+    Subgraphs are independent (XnnpackBackend.preprocess takes one and returns its bytes). Serial where a fork
+    is not possible (a daemon process, a platform without fork) or there is one subgraph.
+    """
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+    from executorch.exir.backend.backend_details import BackendDetails
+
+    if "preprocess_multimethod" in XnnpackBackend.__dict__:  # a version with its own: leave it be
+        yield
+        return
+    serial = BackendDetails.preprocess_multimethod.__func__
+    can_fork = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
+    def preprocess_multimethod(cls, edge_programs, compile_specs):
+        jobs = [(name, i) for name, programs in edge_programs.items() for i in range(len(programs))]
+        if workers <= 1 or len(jobs) < 2 or not can_fork:
+            return serial(cls, edge_programs, compile_specs)
+        _JOBS[:] = [(edge_programs[name][i], compile_specs[name][i]) for name, i in jobs]
+        try:
+            results = _preprocess_forked(min(workers, len(jobs)))
+        finally:
+            _JOBS.clear()
+        by_method: dict[str, list] = {name: [] for name in edge_programs}
+        for index, (name, _) in enumerate(jobs):
+            by_method[name].append(results[index])
+        return by_method
+
+    XnnpackBackend.preprocess_multimethod = classmethod(preprocess_multimethod)
+    try:
+        yield
+    finally:
+        del XnnpackBackend.preprocess_multimethod  # BackendDetails' serial one again
+
+
+@contextmanager
+def shortcuts(workers: int | None = None) -> Iterator[None]:
+    """All the shortcuts but the partitioner's (pass ``partitioner()`` to the lowering for that one)."""
+    with ExitStack() as stack:
+        stack.enter_context(unmatched_xnnpack_passes_skipped())
+        stack.enter_context(edge_passes_fused())
+        stack.enter_context(xnnpack_subgraphs_preprocessed_in_parallel(workers or available_cores()))
+        yield
