@@ -54,6 +54,7 @@ def _bundle_is_current(bundle: Path, converted: Path, config: RunConfig) -> bool
         manifest = load_bundle(bundle)
     except EdgeqatError:
         return False
+
     def made_the_same(export: dict) -> dict:
         return {key: value for key, value in export.items() if key not in EXPORT_SETTINGS_NOT_IN_THE_PTE}
 
