@@ -16,7 +16,7 @@ import os
 import signal
 import traceback
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 # XNNPACK's preprocessing passes that rewrite only the ops named here (substrings of the op's name). Each pass
 # re-traces its whole subgraph (about 2 % of a decoder's lowering apiece, profiled) even when it changes
@@ -264,8 +264,6 @@ def xnnpack_subgraphs_preprocessed_in_parallel(workers: int) -> Iterator[None]:
 @contextmanager
 def shortcuts(workers: int | None = None) -> Iterator[None]:
     """All the shortcuts but the partitioner's (pass ``partitioner()`` to the lowering for that one)."""
-    with ExitStack() as stack:
-        stack.enter_context(unmatched_xnnpack_passes_skipped())
-        stack.enter_context(edge_passes_fused())
-        stack.enter_context(xnnpack_subgraphs_preprocessed_in_parallel(workers or available_cores()))
+    with (unmatched_xnnpack_passes_skipped(), edge_passes_fused(),
+          xnnpack_subgraphs_preprocessed_in_parallel(workers or available_cores())):
         yield
