@@ -23,6 +23,7 @@ import torch
 from edgeqat.artifacts import atomic_dir, sha256_file, versions, write_json_atomic, write_record, write_text_atomic
 from edgeqat.config import CheckConfig, to_dict
 from edgeqat.errors import CheckFailed
+from edgeqat.export.rope import head_dim_of
 from edgeqat.generation import greedy, prefill_positions, prompt_ids
 from edgeqat.manifest import MANIFEST, load_bundle
 from edgeqat.ownership import check_output
@@ -139,11 +140,11 @@ def _host(threads: int) -> dict:
 
 
 def _model_facts(manifest: dict, config) -> dict:
-    heads = getattr(config, "num_attention_heads", None)
-    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    config = config.get_text_config()  # the decoder's own fields, as the export read them
     return {**{k: manifest["model"][k] for k in ("architecture", "vocab_size", "max_seq_len")},
             "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
-            "num_key_value_heads": getattr(config, "num_key_value_heads", heads), "head_dim": head_dim}
+            "num_key_value_heads": getattr(config, "num_key_value_heads", config.num_attention_heads),
+            "head_dim": head_dim_of(config)}
 
 
 def check(
