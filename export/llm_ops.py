@@ -115,6 +115,10 @@ class LlmOpsDecoder(torch.nn.Module):
         torch._check(start >= 0)
         torch._check(start + input_ids.shape[1] <= self.max_seq_len)
         self._start.value = start
+        for i, layer in enumerate(self.cache.layers):
+            # The buffers as this call sees them: torch.export's non-strict tracer swaps a module's buffers for
+            # its own tensors while it traces, and the cache must write those, not the tensors it was built with.
+            layer.keys, layer.values = getattr(self, f"key_cache_{i}"), getattr(self, f"value_cache_{i}")
         out = self.model(input_ids=input_ids, position_ids=cache_position[None], cache=self.cache, use_cache=True,
                          **{START: start})
         return out.logits

@@ -2,7 +2,8 @@
 
 Lowering a decoder is mostly re-tracing: each ExecuTorch or XNNPACK pass replays the whole graph through fake
 tensors with symbolic shapes, and most of them change nothing in a decoder. On the default model the
-shortcuts here take the lowering from 106 s to 34 s (benchmarks/lowering_shortcuts.py). Each one is exact by
+shortcuts here took the lowering from 106 s to 34 s (benchmarks/lowering_shortcuts.py, before the last two);
+on the Qwen3-0.6B shape the last two took it from 146 s to 118 s (docs/decode_speed.md). Each one is exact by
 construction (it runs the same rewrites, or skips only what cannot match), and tests/test_export_ops.py
 checks that the `.pte` comes out byte for byte the same as ExecuTorch's own path. `shortcuts()` applies them
 all for one lowering.
@@ -151,6 +152,126 @@ def edge_passes_fused() -> Iterator[None]:
         _program.OpReplacePass, _program.MemoryFormatOpsPass = op_replace, memory_format
 
 
+def _metadata_key(value):
+    """What an op's output metadata can depend on: each tensor's size, stride, dtype and device, and the other
+    arguments by value; None where that is not all (a fake tensor holding a known constant, which a rule may
+    fold)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(value, torch.Tensor):
+        if not isinstance(value, FakeTensor) or value.constant is not None:
+            return None
+        return ("tensor", str(tuple(value.shape)), str(value.stride()), value.dtype, value.device.type,
+                value.requires_grad)
+    if isinstance(value, (list, tuple)):
+        keys = [_metadata_key(v) for v in value]
+        return None if None in keys else (type(value).__name__, *keys)
+    if isinstance(value, dict):
+        keys = {k: _metadata_key(v) for k, v in value.items()}
+        return None if None in keys.values() else tuple(sorted(keys.items()))
+    return ("value", type(value).__name__, str(value))  # ints, floats, SymInts (their expression), dtypes, None
+
+
+def _memoized_fake_rule(rule):
+    """``rule`` (a fake-tensor rule) run once per distinct input metadata; later calls get new empty tensors of
+    the first call's output sizes, strides and dtypes. Exact for what it serves: the outputs' metadata is a
+    function of the inputs' unless a size is unbacked (data-dependent); such calls, those with constant inputs
+    and those that return anything but fresh tensors always run the rule."""
+    import torch
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+    from torch.utils import _pytree
+
+    seen: dict = {}
+
+    def fast(fake_mode, func, *args, **kwargs):
+        key = _metadata_key((args, kwargs))
+        if key is not None and (id(fake_mode), key) in seen:
+            spec, leaves = seen[id(fake_mode), key]
+            with fake_mode:
+                made = [torch.empty_strided(size, stride, dtype=dtype, device=device)
+                        for size, stride, dtype, device in leaves]
+            return _pytree.tree_unflatten(made, spec)
+        out = rule(fake_mode, func, *args, **kwargs)
+        flat, spec = _pytree.tree_flatten(out)
+        if (key is not None and all(isinstance(t, torch.Tensor) for t in flat)
+                and not free_unbacked_symbols([v for v in _pytree.tree_leaves((args, kwargs, flat))
+                                               if isinstance(v, (torch.Tensor, torch.SymInt, torch.SymFloat))])
+                and not any(t.requires_grad or t.storage_offset() != 0 for t in flat)):
+            seen[id(fake_mode), key] = spec, [(t.shape, t.stride(), t.dtype, t.device) for t in flat]
+        return out
+
+    return fast
+
+
+@contextmanager
+def preserved_ops_faked_once() -> Iterator[None]:
+    """Fake-tensor propagation of the ops a decomposition preserves, once per distinct input metadata.
+
+    ``run_decompositions`` gives each op it preserves (aten.linear, torchao's quantize ops: composite ops
+    that XNNPACK takes whole) a fake-tensor rule that runs the op's whole decomposition on fake tensors, for
+    every one of the program's hundreds of linears: about a third of that pass. The same rule runs here once
+    for each distinct input size, stride and dtype, and its output metadata serves the rest.
+    """
+    from torch._subclasses import fake_impls
+    from torch.export import exported_program
+
+    override = exported_program._override_composite_implicit_decomp
+
+    @contextmanager
+    def override_memoized(cia_ops_to_callable):
+        with override(cia_ops_to_callable):  # registers the rules (where an op has none) and removes them after
+            for op in cia_ops_to_callable:
+                if op in fake_impls.op_implementations_dict:
+                    fake_impls.op_implementations_dict[op] = _memoized_fake_rule(fake_impls.op_implementations_dict[op])
+            yield
+
+    exported_program._override_composite_implicit_decomp = override_memoized
+    try:
+        yield
+    finally:
+        exported_program._override_composite_implicit_decomp = override
+
+
+@contextmanager
+def graph_sorted_without_recompiling() -> Iterator[None]:
+    """The top-level graph's Python code generated once after the delegate subgraphs are cut out, not after each.
+
+    ExecuTorch cuts each subgraph out of the program and re-sorts the graph (``legalize_graph``), and setting
+    the sorted graph regenerates the whole program's Python code: for 59 subgraphs of a 0.6 B decoder that
+    was 13 s of code nobody runs in between. The sort is the same; the code is generated once at the end.
+    """
+    from executorch.exir import lowered_backend_module
+    from executorch.exir.backend import backend_api
+
+    legalize, create_partitions = lowered_backend_module.legalize_graph, backend_api._create_partitions_in_graph_module
+    sorted_modules: dict[int, object] = {}
+
+    def legalize_without_recompiling(gm):
+        gm.recompile = lambda: None  # the graph setter's call; an instance attribute shadows the method
+        try:
+            return legalize(gm)
+        finally:
+            del gm.recompile
+            sorted_modules[id(gm)] = gm
+
+    def create_partitions_then_recompile(*args, **kwargs):
+        try:
+            return create_partitions(*args, **kwargs)
+        finally:
+            for gm in sorted_modules.values():
+                gm.recompile()
+            sorted_modules.clear()
+
+    lowered_backend_module.legalize_graph = legalize_without_recompiling
+    backend_api._create_partitions_in_graph_module = create_partitions_then_recompile
+    try:
+        yield
+    finally:
+        lowered_backend_module.legalize_graph = legalize
+        backend_api._create_partitions_in_graph_module = create_partitions
+
+
 _JOBS: list = []  # (edge program, compile specs) per subgraph, set before the workers fork
 
 
@@ -264,6 +385,7 @@ def xnnpack_subgraphs_preprocessed_in_parallel(workers: int) -> Iterator[None]:
 @contextmanager
 def shortcuts(workers: int | None = None) -> Iterator[None]:
     """All the shortcuts but the partitioner's (pass ``partitioner()`` to the lowering for that one)."""
-    with (unmatched_xnnpack_passes_skipped(), edge_passes_fused(),
+    with (unmatched_xnnpack_passes_skipped(), edge_passes_fused(), preserved_ops_faked_once(),
+          graph_sorted_without_recompiling(),
           xnnpack_subgraphs_preprocessed_in_parallel(workers or available_cores())):
         yield

@@ -182,6 +182,34 @@ def test_one_decomposition_pass_only_when_the_partitioner_takes_every_preserved_
     assert check is not None  # the upstream two-pass path, which decomposes the refused linear
 
 
+def test_a_preserved_ops_fake_rule_runs_once_per_distinct_input_metadata():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from edgeqat.export.lowering_shortcuts import _memoized_fake_rule
+
+    calls = []
+
+    def rule(fake_mode, func, x, dtype):  # a quantize-like op: a new tensor, transposed, of another dtype
+        calls.append(tuple(x.shape))
+        with fake_mode:
+            return x.t().contiguous().to(dtype), x.sum(-1)
+
+    fast = _memoized_fake_rule(rule)
+    mode = FakeTensorMode()
+    with mode:
+        x, y, other = torch.empty(4, 6), torch.empty(4, 6), torch.empty(4, 7)
+    first, again = fast(mode, None, x, torch.int8), fast(mode, None, y, torch.int8)
+    assert calls == [(4, 6)]
+    for a, b in zip(first, again):
+        assert (a.shape, a.stride(), a.dtype, a.device) == (b.shape, b.stride(), b.dtype, b.device) and a is not b
+    fast(mode, None, other, torch.int8)  # another size
+    fast(mode, None, x, torch.float16)  # another argument
+    constant = mode.from_tensor(torch.ones(4, 6), static_shapes=True)
+    constant.constant = torch.ones(4, 6)  # a fake tensor with a known value: a rule may fold it
+    fast(mode, None, constant, torch.int8)
+    assert calls == [(4, 6), (4, 7), (4, 6), (4, 6)]
+
+
 def test_the_rotation_as_a_linear_layer_is_transformers_rotate_half_exactly():
     from transformers.models.llama.modeling_llama import rotate_half
 
