@@ -149,7 +149,7 @@ def time_llama(gguf: Path, ids: list[int], decode: int, threads: int, llama_pyth
 def bytes_per_token(bundle: Path, manifest: dict, gguf: Path, context: int) -> dict:
     """What one decode step reads: ours from device_estimate's model of the program; llama.cpp's as its
     file (a tied Q4_0 model reads its whole token_embd as the output layer) plus its f16 KV cache."""
-    from edgeqat.runtime_check.device_estimate import decode_bytes_per_token, pte_data_bytes
+    from edgeqat.runtime_check.device_estimate import decode_bytes_per_token, kv_cache_bytes, pte_data_bytes
     from edgeqat.schemes import embedding_group_size
 
     config = json.loads((bundle.parent / "converted" / "config.json").read_text())
@@ -157,10 +157,7 @@ def bytes_per_token(bundle: Path, manifest: dict, gguf: Path, context: int) -> d
     ours = decode_bytes_per_token(pte_data_bytes(bundle / manifest["program"]), config, q["embedding_bits"], context,
                                   embedding_group_size(q["embedding_bits"], q["group_size"]),
                                   manifest["export"].get("bytes_stored_once", 0))
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    kv_f16 = 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * context * 2
-    return {"ours": ours.total, "llama_cpp": gguf.stat().st_size + kv_f16}
+    return {"ours": ours.total, "llama_cpp": gguf.stat().st_size + kv_cache_bytes(config, context, value_bytes=2)}
 
 
 def ideal_bytes(hf: Path) -> float:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from edgeqat.errors import EdgeqatError
 from edgeqat.runtime_check.device_profiles import DeviceProfile
@@ -99,13 +100,7 @@ def decode_bytes_per_token(
     """
     vocab = _config_int(model_config, "vocab_size")
     hidden = _config_int(model_config, "hidden_size")
-    layers = _config_int(model_config, "num_hidden_layers")
-    heads = model_config.get("num_attention_heads")
-    kv_heads = _config_int(model_config, "num_key_value_heads", heads)
-    head_dim = model_config.get("head_dim") or (hidden // heads if isinstance(heads, int) and heads else None)
-    head_dim = _config_int({"head_dim": head_dim}, "head_dim")
-    if context_tokens < 1:
-        raise EdgeqatError(f"context_tokens must be at least 1, got {context_tokens}")
+    kv_cache = kv_cache_bytes(model_config, context_tokens)
 
     if embedding_bits is None:
         row = hidden * FLOAT32_BYTES
@@ -122,8 +117,21 @@ def decode_bytes_per_token(
         )
     if not 0 <= bytes_stored_once < table:
         raise EdgeqatError(f"bytes_stored_once {bytes_stored_once} is not part of the embedding table ({table} bytes)")
-    kv_cache = 2 * layers * kv_heads * head_dim * context_tokens * FLOAT32_BYTES
     return DecodeBytes(pte_bytes, table - bytes_stored_once, row, kv_cache, context_tokens)
+
+
+def kv_cache_bytes(model_config: dict, context_tokens: int, value_bytes: int = FLOAT32_BYTES) -> int:
+    """The K and V rows a decode step reads over ``context_tokens`` positions: 2 x layers x kv_heads x head_dim
+    x context x ``value_bytes`` (float32 in our program; llama.cpp's cache is f16)."""
+    hidden = _config_int(model_config, "hidden_size")
+    layers = _config_int(model_config, "num_hidden_layers")
+    heads = model_config.get("num_attention_heads")
+    kv_heads = _config_int(model_config, "num_key_value_heads", heads)
+    head_dim = model_config.get("head_dim") or (hidden // heads if isinstance(heads, int) and heads else None)
+    head_dim = _config_int({"head_dim": head_dim}, "head_dim")
+    if context_tokens < 1:
+        raise EdgeqatError(f"context_tokens must be at least 1, got {context_tokens}")
+    return 2 * layers * kv_heads * head_dim * context_tokens * value_bytes
 
 
 def pte_data_bytes(pte_path: str | Path) -> int:

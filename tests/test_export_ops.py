@@ -210,6 +210,20 @@ def test_a_preserved_ops_fake_rule_runs_once_per_distinct_input_metadata():
     assert calls == [(4, 6), (4, 7), (4, 6), (4, 6)]
 
 
+@pytest.mark.parametrize("model_type,extra", FAMILIES, ids=[f for f, _ in FAMILIES])
+def test_a_model_built_to_be_loaded_has_the_familys_own_buffers(model_type, extra):
+    """load_converted skips the random weight initialisation (the checkpoint replaces every weight), and the
+    buffers nobody loads come out as a normally built model's."""
+    from edgeqat.train.convert import model_to_load
+
+    built = _tiny(model_type, **extra)
+    empty = model_to_load(built.config)
+    assert dict(empty.named_buffers()).keys() == dict(built.named_buffers()).keys()
+    for name, buffer in built.named_buffers():
+        assert torch.equal(dict(empty.named_buffers())[name], buffer), name
+    assert {n: p.shape for n, p in empty.named_parameters()} == {n: p.shape for n, p in built.named_parameters()}
+
+
 def test_the_rotation_as_a_linear_layer_is_transformers_rotate_half_exactly():
     from transformers.models.llama.modeling_llama import rotate_half
 

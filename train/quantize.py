@@ -36,8 +36,8 @@ def check_quantizable(model: torch.nn.Module, quant: QuantConfig, warn: Callable
     linear_filter = schemes.linear_filter(model, group_size, quant.skip_indivisible, warn)
     # Any nn.Embedding is quantized (schemes.embedding_filter); a module without one has nothing to check.
     embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)] if embedding is not None else []
+    embedding_group = schemes.embedding_group_size(quant.embedding_bits, group_size) if embeddings else 0
     for embedding_dim in sorted({m.embedding_dim for m in embeddings}):
-        embedding_group = schemes.embedding_group_size(quant.embedding_bits, group_size)
         if embedding_group and embedding_dim % embedding_group:
             raise EdgeqatError(
                 f"the embedding dimension {embedding_dim} is not divisible by group size {embedding_group}; "
