@@ -106,8 +106,8 @@ def converted_config(train_record: dict, mode: str) -> dict:
 
 def model_to_load(config) -> torch.nn.Module:
     """The float32 model of ``config`` with its weights left uninitialised, for a checkpoint to replace every
-    one (a missing weight is then an error). Initialising random weights was most of loading a 0.6 B model
-    (15 of 23 s); the buffers (rotary frequencies, embedding scales) are computed as usual."""
+    one (a missing weight is then an error). Initialising random weights took 9 to 15 s of loading a 0.6 B
+    model; the buffers (rotary frequencies, embedding scales) are computed as usual."""
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
