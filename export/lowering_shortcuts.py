@@ -15,6 +15,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -275,11 +276,28 @@ def graph_sorted_without_recompiling() -> Iterator[None]:
 _JOBS: list = []  # (edge program, compile specs) per subgraph, set before the workers fork
 
 
-def _preprocess_in_worker(jobs: list[int], results) -> None:
+def _die_with(parent: int) -> None:
+    """Ends this worker when the export process ``parent`` is gone. A SIGKILL (a timeout, the OOM killer)
+    gives the parent no chance to stop its workers, and they would otherwise run on, holding their memory."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:  # PR_SET_PDEATHSIG: the kernel sends SIGKILL when the parent dies
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
+def _preprocess_in_worker(jobs: list[int], results, parent: int, inherited: list) -> None:
     """A forked worker: preprocesses its share of _JOBS, sending (index, result) or (None, traceback)."""
     import torch
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
+    _die_with(parent)
+    for receiver in inherited:  # the parent's ends of the pipes: with one open here, a send to a parent
+        receiver.close()        # that has died would block for ever on a full pipe instead of failing
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler: a terminated worker just ends
     torch.set_num_threads(1)  # one worker per core; and OpenMP's thread pool does not survive a fork
     try:
@@ -314,7 +332,8 @@ def _preprocess_forked(workers: int) -> dict[int, object]:
     try:
         for share in _shares([len(program.graph.nodes) for program, _ in _JOBS], workers):
             receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=_preprocess_in_worker, args=(share, sender), daemon=True)
+            process = context.Process(target=_preprocess_in_worker, daemon=True,
+                                      args=(share, sender, os.getpid(), [*pending, receiver]))
             process.start()
             sender.close()  # the worker's end: EOF here once the worker is gone
             processes.append(process)

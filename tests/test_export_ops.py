@@ -4,6 +4,9 @@ delegated RMSNorm against each family's own."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 
@@ -158,6 +161,49 @@ def test_a_worker_that_fails_or_dies_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(lowering_shortcuts, "_preprocess_in_worker", dies)
     with pytest.raises(RuntimeError, match=r"worker ended \(exit codes \[9, 9\].*subgraphs \[0, 1\]"):
         lowering_shortcuts._preprocess_forked(2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_end_when_the_export_process_is_killed(monkeypatch, tmp_path):
+    """A SIGKILLed export (a timeout, the OOM killer) leaves no preprocessing worker running on."""
+    import multiprocessing
+    import signal
+    import time
+
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    from edgeqat.export import lowering_shortcuts
+
+    def slow(program, specs):  # runs in a worker
+        (tmp_path / f"{os.getpid()}.pid").touch()
+        time.sleep(120)
+
+    class Job:
+        graph = type("Graph", (), {"nodes": [1]})()
+
+    monkeypatch.setattr(XnnpackBackend, "preprocess", staticmethod(slow))
+    monkeypatch.setattr(lowering_shortcuts, "_JOBS", [(Job(), []), (Job(), [])])
+    export = multiprocessing.get_context("fork").Process(target=lowering_shortcuts._preprocess_forked, args=(2,))
+    export.start()
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    assert len(workers) == 2 and all(map(_running, workers))
+    os.kill(export.pid, signal.SIGKILL)
+    export.join()
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_running, workers))
 
 
 def test_one_decomposition_pass_only_when_the_partitioner_takes_every_preserved_node():
