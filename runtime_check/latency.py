@@ -4,6 +4,7 @@ thread count (in a fresh process each, so its memory is its own), and the refere
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,11 @@ def probe_pte(bundle_dir: Path, manifest: dict, mode: str, prompt_ids: list[int]
             "decode_tokens": decode_tokens, "threads": threads,
         }))
         # stdout is the runner's own (it prints the generated text); errors come back on stderr.
+        # OpenMP at one thread: ExecuTorch's thread pool sets the program's threads, and with OpenMP's own
+        # threads left at the core count as well (most likely competing for the same cores), the default
+        # model's 128-token prefill at 2 threads took 11.0-19.9 ms against 5.9-6.6 ms (1 thread: 10-12 ms).
         done = subprocess.run([sys.executable, "-m", "edgeqat.runtime_check.latency_probe", str(request), str(result)],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0 or not result.is_file():
             last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or [f"exit code {done.returncode}"]
