@@ -2,7 +2,7 @@
 memory-bandwidth bound, file sizes and export time, in one interleaved run.
 
     pip install -e ".[benchmark]"        # llama-cpp-python (builds llama.cpp from source, minutes)
-    python benchmarks/decode_speed.py --model default --work /tmp/speed-default
+    python benchmarks/decode_speed.py --model default --work /tmp/speed-default --prompt-tokens 128 --decode-tokens 120
     python benchmarks/decode_speed.py --model qwen3-0.6b --work /tmp/speed-qwen3 --threads 1,2,4
 
 ``--model``: "default" (the embedded model), a preset of shaped_model.py (config-built, random weights:
@@ -11,7 +11,8 @@ does not depend on what the weights learned), ``convert`` and ``export`` at ``--
 embeddings, timed by ExecuTorch's C++ LLM runner in a fresh process (runtime_check/latency_probe.py, as
 ``edgeqat check`` does). llama.cpp: its own converter (f16) and quantizer (``--gguf-type``, default Q4_0) from
 the installed llama-cpp-python's sources, timed in a fresh process (llama_cpp_worker.py). Both get the same
-prompt ids and decode greedily; each timing is the best of two generations after a warm-up, and the runs
+prompt ids (the first held-out window that our program decodes to the end without its end token, so that
+both decode every token asked for) and decode greedily; each timing is the best of two generations after a warm-up, and the runs
 alternate ours / llama.cpp for every thread count, ``--rounds`` times; the table shows medians.
 
 Work products are kept in ``--work`` and reused when present, so a second run only times. Prints a table
@@ -120,14 +121,35 @@ def llama_gguf(hf: Path, work: Path, gguf_type: str, llama_python: str) -> Path:
     return quantized
 
 
-def prompt(tokenizer_dir: Path, tokens: int) -> tuple[str, list[int]]:
-    """Held-out text cut to about ``tokens`` tokens, and its ids as the runner's tokenizer makes them."""
+def prompts(tokenizer_dir: Path, tokens: int, windows: int = 8) -> list[tuple[str, list[int]]]:
+    """Consecutive windows of held-out text, each cut to about ``tokens`` tokens, with their ids as the
+    runner's tokenizer makes them."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    text = " ".join(json.loads(line)["text"] for line in DEFAULT_EVAL_DATA.read_text().splitlines()[:40])
-    text = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:tokens])
-    return text, tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = " ".join(json.loads(line)["text"] for line in DEFAULT_EVAL_DATA.read_text().splitlines())
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    found = []
+    for start in range(0, min(len(ids) - tokens, windows * tokens) + 1, tokens):
+        window = tokenizer.decode(ids[start:start + tokens])
+        window_ids = tokenizer(window, add_special_tokens=False)["input_ids"]
+        if len(window_ids) <= tokens:  # decoding and re-encoding can merge or split a token at the edges
+            found.append((window, window_ids))
+    return found
+
+
+def prompt_decoded_to_the_end(bundle: Path, manifest: dict, tokens: int, decode: int) -> tuple[str, list[int], int]:
+    """The first held-out window whose greedy continuation by our `.pte` runs ``decode`` tokens without the
+    model's end token, and how many windows were passed over. llama.cpp's side decodes every token it is
+    asked for, so both sides then decode the same number of tokens at the same positions; a window the
+    runner stops early on (seen: the default model ended after 10 tokens) would time ours over a shorter,
+    cheaper context. Checked with the LLM runner itself, at one thread."""
+    candidates = prompts(bundle, tokens)
+    for skipped, (text, ids) in enumerate(candidates):
+        if time_ours(bundle, manifest, text, ids, decode, 1)["generated_tokens"] >= decode:
+            return text, ids, skipped
+    raise SystemExit(f"the model ends within {decode} decoded tokens after each of {len(candidates)} held-out "
+                     f"prompts of {tokens} tokens; try a smaller --decode-tokens")
 
 
 def time_ours(bundle: Path, manifest: dict, text: str, ids: list[int], decode: int, threads: int) -> dict:
@@ -174,6 +196,24 @@ def ideal_bytes(hf: Path) -> float:
     return count * 4.5 / 8
 
 
+def host_cpu() -> dict:
+    """The CPU's model and the vector extensions that decide which int8/int4 kernels XNNPACK and llama.cpp
+    pick (on an AVX2-only host, perf showed XNNPACK's int4 GEMM widening each byte to 16 bits before its
+    multiply-add), so that runs on different shared hosts can be told apart."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimddp", "i8mm")
+    return {"model": model, "vector_extensions": [f for f in wanted if f in flags]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="default, a preset (" + ", ".join(SHAPES) + ") or a folder")
@@ -196,7 +236,11 @@ def main() -> None:
     bundle, stage_seconds = our_bundle(hf, args.work, args.scheme, args.max_seq_len)
     manifest = json.loads((bundle / "manifest.json").read_text())
     gguf = llama_gguf(hf, args.work, args.gguf_type, args.llama_python)
-    text, ids = prompt(bundle, args.prompt_tokens)
+    context = manifest["export"]["config"]["max_seq_len"]
+    if args.prompt_tokens + args.decode_tokens >= context:
+        raise SystemExit(f"--prompt-tokens {args.prompt_tokens} + --decode-tokens {args.decode_tokens} must stay below "
+                         f"the program's max_seq_len {context} (the runner would stop at the end of its cache)")
+    text, ids, skipped = prompt_decoded_to_the_end(bundle, manifest, args.prompt_tokens, args.decode_tokens)
     from edgeqat.runtime_check.device_estimate import measure_host_bandwidth
 
     rows = {t: {"ours": [], "llama_cpp": []} for t in threads}
@@ -226,8 +270,8 @@ def main() -> None:
     sizes["pte_over_ideal"] = round(sizes["pte_bytes"] / sizes["ideal_int4_bytes"], 3)
     report = {
         "model": args.model, "scheme": args.scheme, "gguf_type": args.gguf_type, "max_seq_len": args.max_seq_len,
-        "prompt_tokens": len(ids), "decode_tokens": args.decode_tokens, "rounds": args.rounds,
-        "host": {"logical_cores": os.cpu_count(), "load_average": os.getloadavg()},
+        "prompt_tokens": len(ids), "prompt_windows_skipped": skipped, "decode_tokens": args.decode_tokens, "rounds": args.rounds,
+        "host": {"logical_cores": os.cpu_count(), "load_average": os.getloadavg(), "cpu": host_cpu()},
         "table": table, "sizes": sizes, "bytes_read_per_decoded_token": read,
         "export_seconds": manifest["export"].get("seconds"), "stage_seconds": stage_seconds,
         "delegate_calls": manifest["export"]["delegate_calls"], "undelegated_ops": manifest["export"]["undelegated_ops"],
@@ -243,10 +287,10 @@ def main() -> None:
     header = ("threads", "prefill ours", "prefill llama", "ratio", "decode ours", "decode llama", "ratio",
               "ours % bound", "llama % bound")
     stopped = sorted({r["generated_tokens"] for t in threads for r in rows[t]["ours"]
-                      if r.get("generated_tokens", args.decode_tokens + 1) <= args.decode_tokens})
-    if stopped:
-        print(f"note: the LLM runner stopped at the model's end token after {stopped} of {args.decode_tokens + 1} "
-              f"tokens; its rates are over the tokens it decoded (whole milliseconds: coarse on a tiny model)")
+                      if r["generated_tokens"] < args.decode_tokens})
+    if stopped:  # the prompt was checked at one thread; another thread count may round differently
+        print(f"note: the LLM runner stopped at the model's end token after {stopped} of {args.decode_tokens} "
+              f"tokens in some runs; its rates are over the tokens it decoded")
     print(" | ".join(header))
     for r in table:
         print(" | ".join(str(v) for v in (

@@ -49,22 +49,23 @@ def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict, shor
     load_kernels()  # the out variants of the LLM ops and of the quantized embedding ops
 
     start = time.perf_counter()
-    with lowering_shortcuts.shortcuts(workers) if shortcuts else nullcontext():
-        edge = to_edge_transform_and_lower(
-            program,
-            partitioner=[lowering_shortcuts.partitioner(one_decomposition_pass=shortcuts)],
-            compile_config=EdgeCompileConfig(_check_ir_validity=False),
-            constant_methods=metadata,
+    with lowering_shortcuts.delegates_faked_once() if shortcuts else nullcontext():
+        with lowering_shortcuts.shortcuts(workers) if shortcuts else nullcontext():
+            edge = to_edge_transform_and_lower(
+                program,
+                partitioner=[lowering_shortcuts.partitioner(one_decomposition_pass=shortcuts)],
+                compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                constant_methods=metadata,
+            )
+        lowered = time.perf_counter()
+        backend_config = ExecutorchBackendConfig(
+            extract_delegate_segments=True,
+            # Fuses torchao's dequantize + embedding into ExecuTorch's quantized embedding kernels.
+            do_quant_fusion_and_const_prop=True,
+            # Plans memory for the largest prefill the dynamic seq_len allows.
+            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
         )
-    lowered = time.perf_counter()
-    backend_config = ExecutorchBackendConfig(
-        extract_delegate_segments=True,
-        # Fuses torchao's dequantize + embedding into ExecuTorch's quantized embedding kernels.
-        do_quant_fusion_and_const_prop=True,
-        # Plans memory for the largest prefill the dynamic seq_len allows.
-        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
-    )
-    executorch = edge.to_executorch(backend_config)
+        executorch = edge.to_executorch(backend_config)
     shared = store_repeated_data_once(executorch.buffer) if store_repeats_once else Shared(executorch.buffer, 0, 0)
     done = time.perf_counter()
     # Counted in the final program, after the quantized embedding fusion, as the runtime will run it.

@@ -98,8 +98,10 @@ def test_weights_dequantized_once_gives_the_same_logits_bit_for_bit():
 
 
 def test_the_lowering_shortcuts_leave_the_program_byte_for_byte_the_same():
-    """The shortcuts (XNNPACK passes that match nothing skipped, one decomposition pass, the edge passes fused,
-    subgraphs preprocessed in two processes) change no byte."""
+    """The seven shortcuts (XNNPACK passes that match nothing skipped, one decomposition pass, the edge passes
+    fused, preserved ops' fake rules run once per input metadata, one code generation after the subgraphs are
+    cut out, subgraphs preprocessed in two processes, and each delegate call's fake run reused by the later
+    re-traces) change no byte."""
     from edgeqat.config import QuantConfig
     from edgeqat.export.kv_cache import export_decoder
     from edgeqat.export.lower import lower_to_xnnpack
@@ -254,6 +256,41 @@ def test_a_preserved_ops_fake_rule_runs_once_per_distinct_input_metadata():
     constant.constant = torch.ones(4, 6)  # a fake tensor with a known value: a rule may fold it
     fast(mode, None, constant, torch.int8)
     assert calls == [(4, 6), (4, 7), (4, 6), (4, 6)]
+
+
+def test_a_delegate_calls_fake_run_is_reused_only_for_the_same_inputs_and_scalar_constants():
+    """delegates_faked_once keys the lifted scalar constants a delegate takes by value: the same value reuses
+    the first run, another value runs again, and a large constant always runs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from edgeqat.export.lowering_shortcuts import _memoized_fake_rule
+
+    calls = []
+
+    def run(fake_mode, delegate, x, eps):
+        calls.append(eps.constant.flatten()[0].item())
+        with fake_mode:
+            return (x * 2,)
+
+    fast = _memoized_fake_rule(run, constants_by_value=True)
+    mode = FakeTensorMode()
+
+    def constant(value):
+        fake = mode.from_tensor(value, static_shapes=True)
+        fake.constant = value
+        return fake
+
+    with mode:
+        x = torch.empty(3, 8)
+    fast(mode, None, x, constant(torch.tensor(0.5)))
+    out = fast(mode, None, x, constant(torch.tensor(0.5)))  # the same value: reused
+    assert calls == [0.5] and out[0].shape == (3, 8) and out[0].constant is None
+    fast(mode, None, x, constant(torch.tensor(0.25)))  # another value runs again
+    assert calls == [0.5, 0.25]
+    big = constant(torch.ones(65))
+    for _ in range(2):
+        fast(mode, None, x, big)  # too large to key by value: always runs
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize("model_type,extra", FAMILIES, ids=[f for f, _ in FAMILIES])
