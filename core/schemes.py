@@ -60,6 +60,18 @@ def get_scheme(name: str) -> Scheme:
     return SCHEMES[name]
 
 
+def export_blocker(scheme: Scheme, group_size: int) -> str | None:
+    """Why ExecuTorch cannot run ``scheme`` at ``group_size`` (None: it can), so that the export refuses at
+    once instead of failing inside XNNPACK minutes later."""
+    if scheme.export_blocker:
+        return scheme.export_blocker
+    if scheme.weight_bits == 8 and group_size != PER_CHANNEL:
+        return (f"executorch 1.4.1's XNNPACK delegate takes 8-bit weights with one scale per output channel only "
+                f"(it asserts 'Only 4b group quantization is supported'), and this model has groups of {group_size}; "
+                f"train {scheme.name} with --group-size 0")
+    return None
+
+
 def _granularity(group_size: int):
     from torchao.quantization.granularity import PerAxis, PerGroup
 

@@ -22,7 +22,7 @@ from edgeqat.generation import greedy, prompt_ids
 from edgeqat.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 from edgeqat.native_output import held_output
 from edgeqat.ownership import check_output
-from edgeqat.schemes import get_scheme
+from edgeqat.schemes import export_blocker, get_scheme
 from edgeqat.train.convert import load_converted, read_checked_record
 
 log = logging.getLogger("edgeqat")
@@ -104,7 +104,7 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
     check_output(bundle_dir, "export", {"converted model": converted_dir})
     record = read_checked_record(converted_dir, "convert")
     if record["quantized"]:
-        blocker = get_scheme(record["scheme"]).export_blocker
+        blocker = export_blocker(get_scheme(record["scheme"]), record["group_size"])
         if blocker:
             raise EdgeqatError(f"scheme {record['scheme']} cannot be exported: {blocker}")
     model, tokenizer, _ = load_converted(converted_dir, record)

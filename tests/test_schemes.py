@@ -31,6 +31,15 @@ def test_registry_holds_the_documented_schemes():
     assert set(schemes.SCHEMES) == {"8da4w", "8da8w", "4w"}
 
 
+def test_the_export_refuses_what_xnnpack_cannot_run_and_says_what_to_do():
+    eight_bit = schemes.get_scheme("8da8w")
+    assert schemes.export_blocker(eight_bit, schemes.PER_CHANNEL) is None
+    assert schemes.export_blocker(schemes.get_scheme("8da4w"), 32) is None
+    reason = schemes.export_blocker(eight_bit, 32)
+    assert "per output channel" in reason and "--group-size 0" in reason
+    assert schemes.export_blocker(schemes.get_scheme("4w"), 32) == schemes.get_scheme("4w").export_blocker
+
+
 def test_unknown_scheme_names_the_choices():
     with pytest.raises(EdgeqatError) as e:
         schemes.get_scheme("9bit")
