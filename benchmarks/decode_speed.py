@@ -12,8 +12,9 @@ embeddings, timed by ExecuTorch's C++ LLM runner in a fresh process (runtime_che
 ``edgeqat check`` does). llama.cpp: its own converter (f16) and quantizer (``--gguf-type``, default Q4_0) from
 the installed llama-cpp-python's sources, timed in a fresh process (llama_cpp_worker.py). Both get the same
 prompt ids (the first held-out window that our program decodes to the end without its end token, so that
-both decode every token asked for) and decode greedily; each timing is the best of two generations after a warm-up, and the runs
-alternate ours / llama.cpp for every thread count, ``--rounds`` times; the table shows medians.
+both decode every token asked for) and decode greedily; each timing is the best of two generations after a
+warm-up, and the runs alternate ours / llama.cpp for every thread count, ``--rounds`` times; the table shows
+medians.
 
 Work products are kept in ``--work`` and reused when present, so a second run only times. Prints a table
 and writes it as JSON (``--json``, default WORK/decode_speed.json). Never run in CI: it builds llama.cpp.
