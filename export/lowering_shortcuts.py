@@ -194,9 +194,9 @@ def _memoized_fake_rule(rule, constants_by_value: bool = False):
 
     def fast(fake_mode, func, *args, **kwargs):
         key = _metadata_key((args, kwargs), constants_by_value)
-        entry = seen.get((id(fake_mode), key)) if key is not None else None
-        if entry is not None and entry[0] is fake_mode:  # held, so that its id is not another mode's
-            _, spec, leaves = entry
+        entry = seen.get((fake_mode, key)) if key is not None else None  # the mode itself: held, never an id reused
+        if entry is not None:
+            spec, leaves = entry
             with fake_mode:
                 made = [torch.empty_strided(size, stride, dtype=dtype, device=device)
                         for size, stride, dtype, device in leaves]
@@ -208,7 +208,7 @@ def _memoized_fake_rule(rule, constants_by_value: bool = False):
                                                if isinstance(v, (torch.Tensor, torch.SymInt, torch.SymFloat))])
                 and not any(t.requires_grad or t.storage_offset() != 0 or getattr(t, "constant", None) is not None
                             for t in flat)):
-            seen[id(fake_mode), key] = fake_mode, spec, [(t.shape, t.stride(), t.dtype, t.device) for t in flat]
+            seen[fake_mode, key] = spec, [(t.shape, t.stride(), t.dtype, t.device) for t in flat]
         return out
 
     return fast
@@ -233,7 +233,7 @@ def delegates_faked_once() -> Iterator[None]:
     call_delegate = importlib.import_module("torch._higher_order_ops.executorch_call_delegate")
 
     run = call_delegate.call_delegate_cpu  # what the fake rule and the tracing of a delegate call run
-    memos: dict[int, tuple] = {}
+    memos: dict = {}  # one memo per delegate, keyed by the module itself
 
     def per_module_rule(fake_mode, lowered_module, *args):
         return run(lowered_module, *args)
@@ -242,11 +242,9 @@ def delegates_faked_once() -> Iterator[None]:
         fake_mode = detect_fake_mode(args)
         if fake_mode is None:
             return run(lowered_module, *args)
-        held, memo = memos.get(id(lowered_module), (None, None))
-        if held is not lowered_module:  # one memo per delegate; held, so that its id stays its own
-            memo = _memoized_fake_rule(per_module_rule, constants_by_value=True)
-            memos[id(lowered_module)] = lowered_module, memo
-        return memo(fake_mode, lowered_module, *args)
+        if lowered_module not in memos:
+            memos[lowered_module] = _memoized_fake_rule(per_module_rule, constants_by_value=True)
+        return memos[lowered_module](fake_mode, lowered_module, *args)
 
     call_delegate.call_delegate_cpu = run_faked_once
     try:
