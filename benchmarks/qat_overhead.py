@@ -5,7 +5,8 @@
 
 For full fine-tuning and LoRA (r16), times the plain bf16 step and the QAT step of each scheme, once with
 torchao's eager fake quantizers and once with edgeqat's fused ones (the two `train.fake_quant_kernels`):
-forward, backward and AdamW on random tokens, after warm-up steps. Prints a table (seconds per step,
+forward, backward and AdamW on random tokens, after warm-up steps. LoRA-QAT runs each
+``--lora-fake-quant`` way: ``merged`` fake-quantizes W + s·B·A (edgeqat's default, what ships), ``base`` W alone. Prints a table (seconds per step,
 tokens/s, ratio to bf16, peak memory) and writes it as JSON. ``--profile DIR`` also writes, per run, the
 PyTorch profiler's table of where two steps spend their time.
 """
@@ -27,6 +28,7 @@ from edgeqat.artifacts import versions, write_json_atomic  # noqa: E402
 from edgeqat.config import QuantConfig  # noqa: E402
 from edgeqat.train.finetune import _add_lora  # noqa: E402
 from edgeqat.train.host_overhead import calling_thread_backward  # noqa: E402
+from edgeqat.train.lora_qat import use_merged_lora_qat  # noqa: E402
 from edgeqat.train.quantize import prepare_qat  # noqa: E402
 
 GIB = 1024**3
@@ -58,7 +60,8 @@ def _profile(step, out: Path, name: str, device: torch.device) -> None:
     (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
 
 
-def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None, kernels: str | None) -> dict:
+def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None, kernels: str | None,
+               lora_fake_quant: str | None = None) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = _load(args, device, dtype)
     if args.gradient_checkpointing:
@@ -67,6 +70,8 @@ def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None,
         prepare_qat(model, QuantConfig(scheme=scheme), fused=kernels == "fused")
     if fine_tuning == "lora":
         model = _add_lora(model, 16, 16)
+        if scheme and lora_fake_quant == "merged":
+            use_merged_lora_qat(model)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     vocab = model.config.vocab_size
@@ -94,11 +99,13 @@ def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None,
     seconds = (time.perf_counter() - start) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
     if args.profile:
-        _profile(step, args.profile, f"{fine_tuning}-{scheme or 'bf16'}-{kernels or 'none'}", device)
+        name = f"{fine_tuning}-{scheme or 'bf16'}-{kernels or 'none'}" + (f"-{lora_fake_quant}" if lora_fake_quant else "")
+        _profile(step, args.profile, name, device)
     return {
         "fine_tuning": fine_tuning,
         "run": scheme or "bf16",
         "kernels": kernels,
+        "lora_fake_quant": lora_fake_quant,
         "s_per_step": seconds,
         "tokens_per_s": args.batch * args.seq_len / seconds,
         "peak_gib": peak,
@@ -118,6 +125,7 @@ def main() -> None:
     parser.add_argument("--fine-tuning", default="full,lora", help="full,lora")
     parser.add_argument("--schemes", default="8da4w,4w")
     parser.add_argument("--kernels", default="torchao,fused", help="fake-quant kernels to time: torchao,fused")
+    parser.add_argument("--lora-fake-quant", default="merged,base", help="LoRA-QAT ways to time: merged,base")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--worker-thread-backward", action="store_true",
                         help="run CUDA backward passes on autograd's worker thread (its default), not the calling thread")
@@ -129,9 +137,11 @@ def main() -> None:
     rows = []
     for fine_tuning in args.fine_tuning.split(","):
         base = None
-        runs = [(None, None)] + [(s, k) for s in args.schemes.split(",") for k in args.kernels.split(",")]
-        for scheme, kernels in runs:
-            row = time_steps(args, device, fine_tuning, scheme, kernels)
+        ways = args.lora_fake_quant.split(",") if fine_tuning == "lora" else [None]
+        runs = [(None, None, None)] + [(s, k, w) for s in args.schemes.split(",") for k in args.kernels.split(",")
+                                       for w in ways]
+        for scheme, kernels, way in runs:
+            row = time_steps(args, device, fine_tuning, scheme, kernels, way)
             gc.collect()  # the model and optimizer of that run go before the next one is built
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -139,19 +149,20 @@ def main() -> None:
             row["ratio"] = row["s_per_step"] / base["s_per_step"]
             row["extra_peak_gib"] = None if row["peak_gib"] is None else row["peak_gib"] - base["peak_gib"]
             rows.append(row)
-            print(f"  {fine_tuning:5} {row['run']:6} {kernels or '':8} {row['s_per_step']:.4f} s/step", file=sys.stderr, flush=True)
+            print(f"  {fine_tuning:5} {row['run']:6} {kernels or '':8} {way or '':6} {row['s_per_step']:.4f} s/step",
+                  file=sys.stderr, flush=True)
 
     name = args.preset or args.model
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{name}, batch {args.batch} x {args.seq_len} tokens, AdamW, {args.steps} timed steps after {args.warmup}, "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
           f"backward on the {'worker' if args.worker_thread_backward else 'calling'} thread, {gpu}\n")
-    print("| fine-tuning | run | fake quant | s/step | tokens/s | × bf16 | peak GiB | + GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| fine-tuning | run | fake quant | LoRA fake-quantizes | s/step | tokens/s | × bf16 | peak GiB | + GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
         extra = "-" if r["extra_peak_gib"] is None else f"{r['extra_peak_gib']:+.1f}"
-        print(f"| {r['fine_tuning']} | {r['run']} | {r['kernels'] or '-'} | {r['s_per_step']:.3f} | "
+        print(f"| {r['fine_tuning']} | {r['run']} | {r['kernels'] or '-'} | {r['lora_fake_quant'] or '-'} | {r['s_per_step']:.3f} | "
               f"{r['tokens_per_s']:,.0f} | {r['ratio']:.2f} | {peak} | {extra} |")
     write_json_atomic(args.json, {"model": name, "device": gpu, "args": {k: str(v) for k, v in vars(args).items()},
                                   "rows": rows, "versions": versions()})

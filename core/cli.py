@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from edgeqat import __version__
-from edgeqat.config import FAKE_QUANT_KERNELS, MODES, REFERENCE_DEVICES
+from edgeqat.config import FAKE_QUANT_KERNELS, LORA_FAKE_QUANT, MODES, REFERENCE_DEVICES
 from edgeqat.errors import EdgeqatError, Terminated
 
 log = logging.getLogger("edgeqat")
@@ -68,6 +68,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset-split", dest="train.dataset_split", help="split of a hub dataset (default: train)")
     g.add_argument("--mode", dest="train.mode", choices=MODES)
     g.add_argument("--lora-rank", dest="train.lora_rank", type=int, help="0 = full fine-tuning")
+    g.add_argument("--lora-fake-quant", dest="train.lora_fake_quant", choices=LORA_FAKE_QUANT,
+                   help="LoRA-QAT: fake-quantize the merged weight (default, what ships) or the base weight alone")
+    g.add_argument("--distill-weight", dest="train.distill_weight", type=float,
+                   help="add this × T² × KL(teacher ‖ student) to the loss (default 0: no distillation)")
+    g.add_argument("--distill-temperature", dest="train.distill_temperature", type=float)
+    g.add_argument("--teacher", dest="train.teacher",
+                   help="distillation teacher: hub id or folder (default: the model itself; in a study, the bf16 fine-tune)")
     g.add_argument("--max-steps", dest="train.max_steps", type=int)
     g.add_argument("--batch-size", dest="train.batch_size", type=int)
     g.add_argument("--learning-rate", dest="train.learning_rate", type=float)

@@ -22,7 +22,10 @@ from edgeqat.paths import DEFAULT
 
 MODES = ("qat", "bf16", "ptq")
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
-FAKE_QUANT_KERNELS = ("auto", "fused", "torchao")  # auto: fused on CUDA, torchao's eager quantizers elsewhere
+FAKE_QUANT_KERNELS = ("auto", "fused", "torchao")
+# LoRA-QAT: "merged" fake-quantizes W + s·B·A, the weight that ships; "base" fake-quantizes W alone and adds the
+# float adapter (Unsloth's and torchtune's way, kept to compare: its adapter's corrections are lost at the merge)
+LORA_FAKE_QUANT = ("merged", "base")  # auto: fused on CUDA, torchao's eager quantizers elsewhere
 # transformers' schedulers that need no extra arguments (its SchedulerType; importing it here costs seconds)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "warmup_stable_decay")
@@ -65,6 +68,12 @@ class TrainConfig:
     mode: str = setting("qat", choices=MODES)  # qat | bf16 (plain fine-tune) | ptq (plain fine-tune, then post-training quantization)
     lora_rank: int = setting(0, min=0)  # 0: full fine-tuning
     lora_alpha: int = setting(16, min=1)
+    lora_fake_quant: str = setting("merged", choices=LORA_FAKE_QUANT)  # QAT with LoRA: see LORA_FAKE_QUANT
+    # Distillation: the loss adds distill_weight · T² · KL(teacher ‖ student) on the logits (0: off). The teacher
+    # is a hub id or folder; "" means the model being fine-tuned, as loaded (in `edgeqat study`: the bf16 fine-tune).
+    distill_weight: float = setting(0.0, min=0)
+    distill_temperature: float = setting(1.0, above=0)
+    teacher: str = ""
     max_steps: int = setting(120, min=1)
     batch_size: int = setting(8, min=1)
     gradient_accumulation_steps: int = setting(1, min=1)

@@ -14,17 +14,30 @@ def test_qat_overhead_runs_and_writes_its_table(tmp_path: Path):
     out = tmp_path / "qat_overhead.json"
     command = [sys.executable, str(BENCHMARKS / "qat_overhead.py"), "--model", "default", "--device", "cpu",
                "--batch", "1", "--seq-len", "32", "--steps", "1", "--warmup", "0", "--fine-tuning", "full,lora",
-               "--schemes", "8da4w", "--json", str(out), "--profile", str(tmp_path / "profile")]
+               "--schemes", "8da4w", "--lora-fake-quant", "merged", "--json", str(out), "--profile", str(tmp_path / "profile")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "| full | 8da4w | fused |" in result.stdout and "| lora | bf16 | - |" in result.stdout
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["fine_tuning"], r["run"], r["kernels"]) for r in rows] == [
-        (ft, run, kernels) for ft in ("full", "lora") for run, kernels in (("bf16", None), ("8da4w", "torchao"), ("8da4w", "fused"))
+    assert [(r["fine_tuning"], r["run"], r["kernels"], r["lora_fake_quant"]) for r in rows] == [
+        (ft, run, kernels, "merged" if ft == "lora" and kernels else None)
+        for ft in ("full", "lora") for run, kernels in (("bf16", None), ("8da4w", "torchao"), ("8da4w", "fused"))
     ]
     assert all(r["s_per_step"] > 0 for r in rows)
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == rows[1]["s_per_step"] / rows[0]["s_per_step"]
     assert "Self CPU" in (tmp_path / "profile" / "full-8da4w-fused.txt").read_text()
+
+
+def test_study_sweep_runs_a_study_per_cell_and_summarizes(tmp_path: Path):
+    out = tmp_path / "sweep.json"
+    command = [sys.executable, str(BENCHMARKS / "study_sweep.py"), "--work", str(tmp_path / "work"), "--lora-rank", "4",
+               "--learning-rates", "1e-3", "--seeds", "0", "--lora-fake-quant", "merged", "--json", str(out),
+               "--", "--device", "cpu", "--max-steps", "1", "--max-length", "64"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (cell,) = json.loads(out.read_text())["cells"]
+    assert cell["recovery"] == (cell["ptq_ppl"] - cell["qat_ppl"]) / (cell["ptq_ppl"] - cell["bf16_ppl"])
+    assert "| QAT | merged | 0.001 | 1 |" in result.stdout
 
 
 def test_shaped_model_configs_have_the_published_sizes():

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from edgeqat.artifacts import atomic_dir, write_record, write_text_atomic
+from edgeqat.artifacts import atomic_dir, read_record, write_record, write_text_atomic
 from edgeqat.config import RunConfig, group_size_of, to_dict
 from edgeqat.errors import EdgeqatError
-from edgeqat.ownership import check_output
+from edgeqat.ownership import RECORD, check_output
 from edgeqat.paths import DEFAULT_TRAIN_DATA, local_path
 from edgeqat.train.checkpointing import (
     MarkCompleteCheckpoints,
@@ -33,7 +33,9 @@ from edgeqat.train.checkpointing import (
     start_progress,
 )
 from edgeqat.train.data import load_text_dataset
+from edgeqat.train.distillation import check_teacher, distilling_trainer_class
 from edgeqat.train.host_overhead import calling_thread_backward
+from edgeqat.train.lora_qat import use_merged_lora_qat
 from edgeqat.train.memory_estimate import GIB, check_fits
 from edgeqat.train.model_loading import (
     is_main_process,
@@ -52,8 +54,18 @@ STAGE = "train"
 
 
 def stage_config(config: RunConfig) -> dict:
-    """The part of the run config this stage's output depends on."""
-    return {"train": to_dict(config.train), "quant": to_dict(config.quant)}
+    """The part of the run config this stage's output depends on (with a distillation teacher that is an
+    edgeqat artifact, its files: a retrained teacher makes a different student)."""
+    stage = {"train": to_dict(config.train), "quant": to_dict(config.quant)}
+    teacher = local_path(teacher_name(config.train)) if config.train.distill_weight else None
+    if teacher is not None and (teacher / RECORD).is_file():
+        stage["teacher_files"] = read_record(teacher).get("files")
+    return stage
+
+
+def teacher_name(tc) -> str | None:
+    """The distillation teacher's hub id or folder, or None without distillation."""
+    return (tc.teacher or tc.model) if tc.distill_weight else None
 
 
 def _add_lora(model, rank: int, alpha: int):
@@ -111,7 +123,9 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     output_dir = Path(output_dir)
     main = is_main_process()
     # before the work, not after it: nothing of the user's is ever replaced
-    check_output(output_dir, STAGE, {"--model": local_path(tc.model), "--dataset": local_path(tc.dataset)})
+    teacher = teacher_name(tc)
+    check_output(output_dir, STAGE, {"--model": local_path(tc.model), "--dataset": local_path(tc.dataset),
+                                     "--teacher": local_path(teacher) if teacher else None})
     ensure_progress_is_ours(output_dir)
     device = resolve_device(tc.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 training on CPU is slow and lossy
@@ -122,8 +136,13 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     skeleton = model_skeleton(model_config, tc.model)
     if tc.mode != "bf16":
         check_quantizable(skeleton, config.quant, warn=lambda message: None)
-    estimate = check_fits(skeleton, dtype, device, bool(tc.lora_rank))
-    del skeleton
+    teacher_skeleton = None
+    if teacher:
+        _, teacher_config = load_config_checked(teacher)
+        check_teacher(teacher_config, model_config, teacher)
+        teacher_skeleton = model_skeleton(teacher_config, teacher)
+    estimate = check_fits(skeleton, dtype, device, bool(tc.lora_rank), teacher_skeleton)
+    del skeleton, teacher_skeleton
     dataset = load_text_dataset(tc.dataset, DEFAULT_TRAIN_DATA, tc.text_column, tc.dataset_split)
     tokenizer = load_tokenizer(tc.model)
     _check_chat_data(dataset, tokenizer, tc.model)
@@ -149,6 +168,9 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
     tc = config.train
     main = is_main_process()
     progress = progress_dir(output_dir)
+    teacher = teacher_name(tc)
+    # the teacher first: it is the model as loaded, before any fake quantization or adapters
+    teacher_model = load_model(teacher, dtype, device, tc.attn_implementation).eval().requires_grad_(False) if teacher else None
     model = load_model(tc.model, dtype, device, tc.attn_implementation)
     if tc.mode == "qat":
         fused = wants_fused(tc.fake_quant_kernels, device)
@@ -158,12 +180,16 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
                      config.quant.scheme, "fused" if fused else "torchao")
     if tc.lora_rank:
         model = _add_lora(model, tc.lora_rank, tc.lora_alpha)
+        if tc.mode == "qat" and tc.lora_fake_quant == "merged":
+            merged = use_merged_lora_qat(model)
+            if main:
+                log.info("LoRA-QAT: %d adapted linears fake-quantize their merged weight W + s·B·A", merged)
 
     log_file = progress / TRAIN_LOG
     if resume_from is not None and main:
         _truncate_log(log_file, checkpoint_step(resume_from))
     throughput = ThroughputLog(log_file, device)
-    trainer = SFTTrainer(
+    trainer = (distilling_trainer_class() if teacher_model is not None else SFTTrainer)(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -171,6 +197,11 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
         callbacks=[throughput, MarkCompleteCheckpoints()],
     )
     quiet_trainer_output(trainer)
+    if teacher_model is not None:
+        trainer.teacher, trainer.distill_weight, trainer.distill_temperature = teacher_model, tc.distill_weight, tc.distill_temperature
+        if main:
+            log.info("distilling from %s: loss + %g · T² · KL(teacher ‖ student), T = %g", teacher, tc.distill_weight,
+                     tc.distill_temperature)
     callbacks = trainer.callback_handler.callbacks  # first, so TensorBoard sees the fields it adds
     callbacks.insert(0, callbacks.pop(callbacks.index(throughput)))
     if main:
@@ -191,7 +222,7 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if tc.lora_rank:
-        model = model.merge_and_unload()
+        model = model.merge_and_unload()  # merged-weight LoRA-QAT layers write the very weight they trained on
     strip_fake_quant(model)
     _check_finite(model, losses)
     if main:

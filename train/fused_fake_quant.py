@@ -104,7 +104,7 @@ def fake_quant_per_group_backward(w: torch.Tensor, grad: torch.Tensor, group_siz
 _kernel_module: list = []  # [module or None] once looked up: this runs on every linear's forward and backward
 
 
-def _triton_kernels(x: torch.Tensor, weight: torch.Tensor, spec: FusedSpec):
+def triton_kernels(x: torch.Tensor, weight: torch.Tensor, spec: FusedSpec):
     """The Triton kernel module when it applies to this call, else None (then the eager functions run)."""
     if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") or weight.dtype != x.dtype:
         return None
@@ -126,14 +126,14 @@ def fp32_inverse(t: torch.Tensor) -> bool:
 
 def fake_quantized_weight(weight: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
     """The weight's fake-quantized copy (no autograd history: its gradient is taken in linear_backward)."""
-    kernels = _triton_kernels(weight, weight, spec)
+    kernels = triton_kernels(weight, weight, spec)
     with torch.no_grad():
         if kernels is None:
             return fake_quant_per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
         return kernels.per_group(weight.detach(), spec.group_size, *spec.weight_bounds, fp32_inverse=fp32_inverse(weight))
 
 
-def _fake_quantized_input(x2d, spec: FusedSpec, kernels, autocast: bool):
+def fake_quantized_input(x2d, spec: FusedSpec, kernels, autocast: bool):
     if not spec.act_bounds:
         return x2d
     if kernels is None:
@@ -142,27 +142,35 @@ def _fake_quantized_input(x2d, spec: FusedSpec, kernels, autocast: bool):
 
 
 def linear_forward(x2d, fq_weight, bias, spec: FusedSpec):
-    fq_x = _fake_quantized_input(x2d, spec, _triton_kernels(x2d, fq_weight, spec), fp32_inverse(x2d))
+    fq_x = fake_quantized_input(x2d, spec, triton_kernels(x2d, fq_weight, spec), fp32_inverse(x2d))
     return F.linear(fq_x, fq_weight, bias)
+
+
+def input_backward(x2d, fq_weight, grad2d, spec: FusedSpec, want_fq_x: bool):
+    """(the input's gradient, the input's fake-quantized copy if ``want_fq_x`` else None). On the kernels' path
+    one pass over the input writes both."""
+    kernels = triton_kernels(grad2d, fq_weight, spec)
+    autocast = fp32_inverse(grad2d)  # the backward runs under the forward's autocast state (custom_bwd)
+    grad_fq_x = grad2d @ fq_weight
+    if not spec.act_bounds:
+        return grad_fq_x, (x2d if want_fq_x else None)
+    if kernels is None:
+        grad_x = fake_quant_per_token_backward(x2d, grad_fq_x, *spec.act_bounds)
+        return grad_x, (fake_quantized_input(x2d, spec, None, autocast) if want_fq_x else None)
+    fq_x, grad_x = kernels.per_token(x2d, *spec.act_bounds, grad=grad_fq_x, want_fq=want_fq_x, fp32_inverse=autocast)
+    return grad_x, fq_x
 
 
 def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: bool, need_weight: bool, need_bias: bool):
     """Gradients of input, weight and bias; ``weight`` is None when frozen, ``x2d`` when nothing needs it."""
-    kernels = _triton_kernels(grad2d, fq_weight, spec)
-    autocast = fp32_inverse(grad2d)  # the backward runs under the forward's autocast state (custom_bwd)
     grad_x = grad_w = grad_b = fq_x = None
     if need_x:
-        grad_fq_x = grad2d @ fq_weight
-        if not spec.act_bounds:
-            grad_x = grad_fq_x
-        elif kernels is None:
-            grad_x = fake_quant_per_token_backward(x2d, grad_fq_x, *spec.act_bounds)
-        else:  # one pass writes the input's gradient and, if the weight needs it, the input's fake-quantized copy
-            fq_x, grad_x = kernels.per_token(x2d, *spec.act_bounds, grad=grad_fq_x, want_fq=need_weight,
-                                             fp32_inverse=autocast)
+        grad_x, fq_x = input_backward(x2d, fq_weight, grad2d, spec, want_fq_x=need_weight)
     if need_weight:
+        kernels = triton_kernels(grad2d, fq_weight, spec)
+        autocast = fp32_inverse(grad2d)
         if fq_x is None:
-            fq_x = _fake_quantized_input(x2d, spec, kernels, autocast)
+            fq_x = fake_quantized_input(x2d, spec, kernels, autocast)
         grad_fq_w = grad2d.t() @ fq_x
         if kernels is None:
             grad_w = fake_quant_per_group_backward(weight, grad_fq_w, spec.group_size, *spec.weight_bounds)

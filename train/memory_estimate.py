@@ -37,17 +37,23 @@ def device_capacity(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_fits(skeleton: torch.nn.Module, dtype: torch.dtype, device: torch.device, lora: bool) -> int:
-    """Raises before loading when the model cannot be trained on ``device``; returns the estimate in bytes."""
+def check_fits(skeleton: torch.nn.Module, dtype: torch.dtype, device: torch.device, lora: bool,
+               teacher: torch.nn.Module | None = None) -> int:
+    """Raises before loading when the model (and a distillation teacher, frozen weights in ``dtype``) cannot be
+    trained on ``device``; returns the estimate in bytes."""
     params = parameter_count(skeleton)
     need = training_bytes(params, dtype, lora)
+    teacher_bytes = training_bytes(parameter_count(teacher), dtype, lora=True) if teacher is not None else 0
     have = device_capacity(device)
-    if need > 0.95 * have:
+    if need + teacher_bytes > 0.95 * have:
         where = "the GPU" if device.type == "cuda" else "this machine's RAM"
         fixes = "a smaller model" if lora else "LoRA (--lora-rank 16) or a smaller model"
+        if teacher_bytes:
+            fixes += ", or a smaller teacher (--teacher)"
+        plus = f", plus {teacher_bytes / GIB:.1f} GiB for the distillation teacher's weights" if teacher_bytes else ""
         raise EdgeqatError(
             f"the model has {params / 1e9:.2f} B parameters: {'LoRA' if lora else 'full'} fine-tuning needs at "
-            f"least {need / GIB:.1f} GiB for weights{'' if lora else ', gradients and AdamW state'} "
+            f"least {need / GIB:.1f} GiB for weights{'' if lora else ', gradients and AdamW state'}{plus} "
             f"(before activations), but {where} has {have / GIB:.1f} GiB; use {fixes}"
         )
-    return need
+    return need + teacher_bytes

@@ -48,8 +48,14 @@ def study_dirs(output_dir: Path) -> dict[str, Path]:
     }
 
 
-def with_mode(config: RunConfig, mode: str) -> RunConfig:
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, mode=mode))
+def arm_config(config: RunConfig, mode: str, bf16_checkpoint: Path) -> RunConfig:
+    """The config one arm trains with: the baseline never distils; with distillation and no teacher named,
+    QAT's teacher is the baseline fine-tune."""
+    tc = config.train
+    if mode == "bf16":
+        return dataclasses.replace(config, train=dataclasses.replace(tc, mode=mode, distill_weight=0.0, teacher=""))
+    teacher = tc.teacher or (str(bf16_checkpoint) if tc.distill_weight else "")
+    return dataclasses.replace(config, train=dataclasses.replace(tc, mode=mode, teacher=teacher))
 
 
 def _evaluation_key(record: dict, config: RunConfig) -> dict:
@@ -131,11 +137,11 @@ def study(config: RunConfig, resume: bool = False) -> dict:
     check_outputs(dirs, STAGES, config)
     check_evaluation_cache(dirs["evaluations"])
     for mode in ("bf16", "qat"):
-        arm_config, folder = with_mode(config, mode), dirs[f"{mode}-checkpoint"]
-        if is_valid_artifact(folder, "train", stage_config(arm_config)):
+        mode_config, folder = arm_config(config, mode, dirs["bf16-checkpoint"]), dirs[f"{mode}-checkpoint"]
+        if is_valid_artifact(folder, "train", stage_config(mode_config)):
             log.info("[train %s] up to date: %s", mode, folder)
         else:
-            train(arm_config, folder, resume)
+            train(mode_config, folder, resume)
     if not is_main_process():
         return {}
     for source, dest, mode in (("bf16-checkpoint", "ptq-converted", "ptq"), ("qat-checkpoint", "qat-converted", "qat")):
