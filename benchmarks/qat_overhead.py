@@ -29,7 +29,7 @@ from edgeqat.config import QuantConfig  # noqa: E402
 from edgeqat.train.finetune import _add_lora  # noqa: E402
 from edgeqat.train.host_overhead import calling_thread_backward  # noqa: E402
 from edgeqat.train.lora_qat import use_merged_lora_qat  # noqa: E402
-from edgeqat.train.quantize import prepare_qat  # noqa: E402
+from edgeqat.train.quantize import initialize_range_learning, learned_scale_parameters, prepare_qat  # noqa: E402
 
 GIB = 1024**3
 
@@ -67,11 +67,15 @@ def time_steps(args, device: torch.device, fine_tuning: str, scheme: str | None,
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if scheme:
-        prepare_qat(model, QuantConfig(scheme=scheme), fused=kernels == "fused")
+        prepare_qat(model, QuantConfig(scheme=scheme, range_learning=args.range_learning), fused=kernels == "fused")
+        if args.range_learning:
+            initialize_range_learning(model, device)
     if fine_tuning == "lora":
         model = _add_lora(model, 16, 16)
         if scheme and lora_fake_quant == "merged":
             use_merged_lora_qat(model)
+        if scheme and args.range_learning:
+            learned_scale_parameters(model)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     vocab = model.config.vocab_size
@@ -126,6 +130,7 @@ def main() -> None:
     parser.add_argument("--schemes", default="8da4w,4w")
     parser.add_argument("--kernels", default="torchao,fused", help="fake-quant kernels to time: torchao,fused")
     parser.add_argument("--lora-fake-quant", default="merged,base", help="LoRA-QAT ways to time: merged,base")
+    parser.add_argument("--range-learning", action="store_true", help="QAT runs learn their weight scales")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--worker-thread-backward", action="store_true",
                         help="run CUDA backward passes on autograd's worker thread (its default), not the calling thread")
@@ -156,6 +161,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{name}, batch {args.batch} x {args.seq_len} tokens, AdamW, {args.steps} timed steps after {args.warmup}, "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+          f"range learning {'on' if args.range_learning else 'off'}, "
           f"backward on the {'worker' if args.worker_thread_backward else 'calling'} thread, {gpu}\n")
     print("| fine-tuning | run | fake quant | LoRA fake-quantizes | s/step | tokens/s | × bf16 | peak GiB | + GiB |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -94,6 +94,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     q.add_argument("--embedding-bits", dest="quant.embedding_bits", type=int, choices=[0, 4, 8],
                    help="the token embedding: 4 (default), 8, or 0 to leave it float")
     q.add_argument("--skip-indivisible", dest="quant.skip_indivisible", action="store_const", const=True)
+    q.add_argument("--range-learning", dest="quant.range_learning", action="store_const", const=True,
+                   help="QAT learns the weight scales (torchao's range learning); convert uses them")
+    q.add_argument("--range-learning-rate", dest="train.range_learning_rate", type=float,
+                   help="the learned scales' learning rate (default 1e-5)")
 
 
 def _add_resume_option(p: argparse.ArgumentParser) -> None:

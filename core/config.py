@@ -57,6 +57,9 @@ class QuantConfig:
     # the linears' group size) or 0 (float). 4 by default: a float embedding was 65 % of a Qwen3-0.6B .pte.
     embedding_bits: int | None = setting(4, choices=EMBEDDING_BITS)
     skip_indivisible: bool = False  # leave layers the group size does not divide in float, with a warning
+    # QAT learns the linears' weight scales (torchao's range learning; train.range_learning_rate) instead of
+    # taking each group's absmax at every step; convert quantizes with the learned scales
+    range_learning: bool = False
 
 
 @dataclass
@@ -71,6 +74,7 @@ class TrainConfig:
     lora_fake_quant: str = setting("merged", choices=LORA_FAKE_QUANT)  # QAT with LoRA: see LORA_FAKE_QUANT
     # Distillation: the loss adds distill_weight · T² · KL(teacher ‖ student) on the logits (0: off). The teacher
     # is a hub id or folder; "" means the model being fine-tuned, as loaded (in `edgeqat study`: the bf16 fine-tune).
+    range_learning_rate: float = setting(1e-5, above=0, max=1)  # the learned scales' own AdamW rate (quant.range_learning)
     distill_weight: float = setting(0.0, min=0)
     distill_temperature: float = setting(1.0, above=0)
     teacher: str = ""

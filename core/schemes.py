@@ -117,10 +117,20 @@ def embedding_config(bits: int, group_size: int):
     return IntxWeightOnlyConfig(weight_dtype=torch.int4 if bits == 4 else torch.int8, granularity=_granularity(group_size))
 
 
-def qat_prepare_config(base):
-    from torchao.quantization.qat import QATConfig
+def qat_prepare_config(base, range_learning: bool = False):
+    """QAT's prepare step for ``base``; with ``range_learning`` the weight scales are static and trained
+    (torchao's range learning: set by ``initialize_fake_quantizers``, then nn.Parameters)."""
+    import dataclasses
 
-    return QATConfig(base, step="prepare")
+    from torchao.quantization.qat import QATConfig
+    from torchao.quantization.qat.fake_quantize_config import _infer_fake_quantize_configs
+
+    if not range_learning:
+        return QATConfig(base, step="prepare")
+    activation, weight = _infer_fake_quantize_configs(base)
+    # fp32 scales: in bf16 an AdamW step smaller than 1/256 of a scale would round away
+    weight = dataclasses.replace(weight, is_dynamic=False, range_learning=True, scale_precision=torch.float32)
+    return QATConfig(activation_config=activation, weight_config=weight, step="prepare")
 
 
 def qat_convert_config(base):

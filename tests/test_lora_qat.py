@@ -114,3 +114,57 @@ def test_lora_dropout_is_refused_in_one_line():
     model = get_peft_model(model, LoraConfig(r=4, lora_dropout=0.1, target_modules="all-linear"))
     with pytest.raises(EdgeqatError, match="LoRA dropout.*--lora-fake-quant base"):
         use_merged_lora_qat(model)
+
+
+# -- range learning --------------------------------------------------------------------------------------
+
+
+def _range_learning_model(lora: bool):
+    from edgeqat.train.quantize import initialize_range_learning, learned_scale_parameters
+
+    model = tiny_llama()
+    quant = QuantConfig(embedding_bits=4, range_learning=True)
+    prepare_qat(model, quant, fused=True)
+    assert initialize_range_learning(model, torch.device("cpu")) == 15
+    if lora:
+        model = _add_lora(model, 4, 16)
+        use_merged_lora_qat(model)
+    scales = learned_scale_parameters(model)
+    assert len(scales) == 15 and all(isinstance(s, torch.nn.Parameter) and s.requires_grad for s in scales)
+    return model, quant, scales
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_range_learning_trains_the_scales_and_convert_quantizes_with_them(lora):
+    from edgeqat.train.quantize import learned_scales, load_learned_scales
+
+    model, quant, scales = _range_learning_model(lora)
+    before = [s.detach().clone() for s in scales]
+    optimizer = torch.optim.AdamW(scales + [p for p in model.parameters() if p.requires_grad and
+                                            all(p is not s for s in scales)], lr=1e-2)
+    for _ in range(2):
+        model(input_ids=IDS, labels=IDS).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(not torch.equal(b, s) for b, s in zip(before, scales, strict=True))  # the scales learned
+    trained = _logits(model, IDS)
+
+    plain = model.merge_and_unload() if lora else model
+    saved = learned_scales(plain)
+    strip_fake_quant(plain)
+    prepare_qat(plain, quant)  # what `edgeqat convert` does with the checkpoint and its learned_scales file
+    load_learned_scales(plain, saved)
+    convert_qat(plain, quant)
+    assert torch.equal(_logits(plain, IDS), trained)  # deployed with the learned scales, to the bit
+
+
+def test_learned_scales_that_do_not_match_the_model_are_refused():
+    from edgeqat.train.quantize import learned_scales, load_learned_scales
+
+    model, quant, _ = _range_learning_model(lora=False)
+    saved = learned_scales(model)
+    saved.pop("lm_head")
+    fresh = tiny_llama()
+    prepare_qat(fresh, quant)
+    with pytest.raises(EdgeqatError, match="does not match the model.*missing \\['lm_head'\\]"):
+        load_learned_scales(fresh, saved)

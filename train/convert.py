@@ -19,7 +19,7 @@ from edgeqat.errors import EdgeqatError
 from edgeqat.ownership import check_output
 from edgeqat.paths import require_folder
 from edgeqat.schemes import embedding_bits_of
-from edgeqat.train.quantize import convert_qat, prepare_qat, quantize_ptq
+from edgeqat.train.quantize import LEARNED_SCALES, convert_qat, load_learned_scales, prepare_qat, quantize_ptq
 
 log = logging.getLogger("edgeqat")
 STAGE = "convert"
@@ -64,12 +64,23 @@ def convert(checkpoint_dir: str | Path, output_dir: str | Path, mode: str | None
     model.requires_grad_(False)
     if mode == "qat":
         prepare_qat(model, quant)
+        if quant.range_learning:
+            load_learned_scales(model, _read_learned_scales(checkpoint_dir))
         convert_qat(model, quant)
     elif mode == "ptq":
         quantize_ptq(model, quant)
     save_converted(model, tokenizer, output_dir, record, mode, checkpoint_dir)
     log.info("converted %s (%s, %s) -> %s", checkpoint_dir, mode, quant.scheme if mode != "bf16" else "float", output_dir)
     return output_dir
+
+
+def _read_learned_scales(checkpoint_dir: Path) -> dict:
+    import safetensors.torch
+
+    path = checkpoint_dir / LEARNED_SCALES
+    if not path.is_file():
+        raise EdgeqatError(f"{checkpoint_dir} was trained with range learning but has no {LEARNED_SCALES}; train it again")
+    return safetensors.torch.load_file(path)
 
 
 def save_converted(model, tokenizer, output_dir: Path, train_record: dict, mode: str, checkpoint_dir: Path) -> None:

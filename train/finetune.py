@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from edgeqat.artifacts import atomic_dir, read_record, write_record, write_text_atomic
@@ -46,7 +47,17 @@ from edgeqat.train.model_loading import (
     resolve_device,
     world_size,
 )
-from edgeqat.train.quantize import check_quantizable, count_fake_quantized, prepare_qat, strip_fake_quant, wants_fused
+from edgeqat.train.quantize import (
+    LEARNED_SCALES,
+    check_quantizable,
+    count_fake_quantized,
+    initialize_range_learning,
+    learned_scale_parameters,
+    learned_scales,
+    prepare_qat,
+    strip_fake_quant,
+    wants_fused,
+)
 from edgeqat.train.train_log import TRAIN_LOG, ThroughputLog, quiet_trainer_output, read_train_log, steady_state
 
 log = logging.getLogger("edgeqat")
@@ -136,6 +147,9 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     skeleton = model_skeleton(model_config, tc.model)
     if tc.mode != "bf16":
         check_quantizable(skeleton, config.quant, warn=lambda message: None)
+    if config.quant.range_learning and tc.mode != "qat":
+        raise EdgeqatError(f"range learning trains QAT's weight scales, and a {tc.mode!r} run has none: "
+                           "use --mode qat, or drop --range-learning")
     teacher_skeleton = None
     if teacher:
         _, teacher_config = load_config_checked(teacher)
@@ -178,12 +192,18 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
         if main:
             log.info("QAT: %d modules fake-quantized with %s (%s kernels)", count_fake_quantized(model),
                      config.quant.scheme, "fused" if fused else "torchao")
+        if config.quant.range_learning:
+            learned = initialize_range_learning(model, device)
+            if main:
+                log.info("range learning: %d linears learn their weight scales (learning rate %g)", learned,
+                         tc.range_learning_rate)
     if tc.lora_rank:
         model = _add_lora(model, tc.lora_rank, tc.lora_alpha)
         if tc.mode == "qat" and tc.lora_fake_quant == "merged":
             merged = use_merged_lora_qat(model)
             if main:
                 log.info("LoRA-QAT: %d adapted linears fake-quantize their merged weight W + s·B·A", merged)
+    optimizers = (_optimizer_with_learned_scales(model, args, tc, device), None) if config.quant.range_learning else (None, None)
 
     log_file = progress / TRAIN_LOG
     if resume_from is not None and main:
@@ -195,6 +215,7 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[throughput, MarkCompleteCheckpoints()],
+        optimizers=optimizers,
     )
     quiet_trainer_output(trainer)
     if teacher_model is not None:
@@ -223,11 +244,14 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
     model = trainer.accelerator.unwrap_model(trainer.model)
     if tc.lora_rank:
         model = model.merge_and_unload()  # merged-weight LoRA-QAT layers write the very weight they trained on
+    scales = learned_scales(model) if config.quant.range_learning else None
     strip_fake_quant(model)
     _check_finite(model, losses)
     if main:
         with atomic_dir(output_dir, STAGE) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
+            if scales is not None:  # convert quantizes with these (train/quantize.py)
+                safetensors.torch.save_file(scales, tmp / LEARNED_SCALES)
             tokenizer.save_pretrained(tmp)
             if log_file.is_file():
                 shutil.copyfile(log_file, tmp / TRAIN_LOG)
@@ -256,6 +280,16 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
         log.info("trained %s (%s) in %.0f s, final loss %.3f -> %s", tc.model, tc.mode, seconds, losses[-1][1] if losses else float("nan"), output_dir)
     barrier()  # the other ranks go on only once the artifact is in place
     return output_dir
+
+
+def _optimizer_with_learned_scales(model, args, tc, device):
+    """The Trainer's AdamW (same betas, eps, weight decay), with the learned scales at their own learning rate."""
+    scales = learned_scale_parameters(model)
+    ids = {id(p) for p in scales}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": others, "lr": tc.learning_rate}, {"params": scales, "lr": tc.range_learning_rate, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                             weight_decay=args.weight_decay, fused=device.type == "cuda")
 
 
 def _check_finite(model, losses: list) -> None:

@@ -46,14 +46,15 @@ def check_quantizable(model: torch.nn.Module, quant: QuantConfig, warn: Callable
     return linear_filter
 
 
-def _apply(model: torch.nn.Module, quant: QuantConfig, wrap: Callable, warn: Callable[[str], None]) -> None:
+def _apply(model: torch.nn.Module, quant: QuantConfig, wrap: Callable, warn: Callable[[str], None],
+           wrap_linear: Callable | None = None) -> None:
     from torchao.quantization import quantize_
 
     linear, _, embedding = _configs(quant)
     linear_filter = check_quantizable(model, quant, warn)
     if embedding is not None:
         quantize_(model, wrap(embedding), filter_fn=schemes.embedding_filter)
-    quantize_(model, wrap(linear), filter_fn=linear_filter)
+    quantize_(model, (wrap_linear or wrap)(linear), filter_fn=linear_filter)
 
 
 def wants_fused(kernels: str, device: torch.device) -> bool:
@@ -66,7 +67,9 @@ def prepare_qat(
 ) -> None:
     """Inserts torchao fake quantizers (QATConfig step="prepare") in place; ``fused`` swaps in the fused
     fake-quantized linears (same numerics, see fused_fake_quant.py) wherever they apply."""
-    _apply(model, quant, schemes.qat_prepare_config, warn)
+    # Range learning is the linears' (the embedding's scales stay per-step absmax).
+    _apply(model, quant, schemes.qat_prepare_config, warn,
+           wrap_linear=lambda config: schemes.qat_prepare_config(config, range_learning=quant.range_learning))
     if fused:
         from edgeqat.train.fused_linear import use_fused
 
@@ -77,8 +80,57 @@ def prepare_qat(
 
 
 def convert_qat(model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning) -> None:
-    """Turns a QAT-prepared model's fake quantization into real quantized weights (step="convert")."""
+    """Turns a QAT-prepared model's fake quantization into real quantized weights (step="convert"); range-learned
+    linears are quantized with their learned scales (torchao passes them as ``custom_scale``)."""
     _apply(model, quant, schemes.qat_convert_config, warn)
+
+
+# -- range learning: the learned scales, set up, saved beside the checkpoint and loaded again to convert ------
+
+LEARNED_SCALES = "learned_scales.safetensors"  # in a range-learning QAT checkpoint: {linear name: scale}
+
+
+def _range_learning_quantizers(model: torch.nn.Module) -> dict:
+    from torchao.quantization.qat import FakeQuantizedLinear
+
+    return {name: m.weight_fake_quantizer for name, m in model.named_modules()
+            if isinstance(m, FakeQuantizedLinear) and m.weight_fake_quantizer.config.range_learning}
+
+
+def initialize_range_learning(model: torch.nn.Module, device: torch.device) -> int:
+    """Sets every range-learning scale from its weight's absmax (torchao's initialize_fake_quantizers: one
+    forward) and makes it a trainable fp32 parameter; returns how many."""
+    from torchao.quantization.qat import initialize_fake_quantizers
+
+    initialize_fake_quantizers(model, (torch.zeros(1, 1, dtype=torch.long, device=device),))
+    return len(_range_learning_quantizers(model))
+
+
+def learned_scale_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The learned scales, trainable again (peft freezes every parameter it did not add)."""
+    scales = [q.scale for q in _range_learning_quantizers(model).values()]
+    for scale in scales:
+        scale.requires_grad_(True)
+    return scales
+
+
+def learned_scales(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """{linear name: learned scale} of a range-learning model, for LEARNED_SCALES."""
+    return {name: q.scale.detach().float().contiguous() for name, q in _range_learning_quantizers(model).items()}
+
+
+def load_learned_scales(model: torch.nn.Module, scales: dict[str, torch.Tensor]) -> None:
+    """Puts the learned scales into a freshly prepared range-learning model, so that convert quantizes with them."""
+    quantizers = _range_learning_quantizers(model)
+    if set(quantizers) != set(scales):
+        missing, extra = sorted(set(quantizers) - set(scales)), sorted(set(scales) - set(quantizers))
+        raise EdgeqatError(f"the checkpoint's {LEARNED_SCALES} does not match the model (missing {missing[:3]}, "
+                           f"unexpected {extra[:3]}); train it again")
+    for name, quantizer in quantizers.items():
+        scale = scales[name]
+        quantizer.scale = torch.nn.Parameter(scale.clone(), requires_grad=False)
+        quantizer.zero_point = torch.zeros_like(scale, dtype=torch.int32)  # symmetric: zero points are 0
+        quantizer._initialized = True
 
 
 def quantize_ptq(model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning) -> None:

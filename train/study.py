@@ -49,11 +49,12 @@ def study_dirs(output_dir: Path) -> dict[str, Path]:
 
 
 def arm_config(config: RunConfig, mode: str, bf16_checkpoint: Path) -> RunConfig:
-    """The config one arm trains with: the baseline never distils; with distillation and no teacher named,
-    QAT's teacher is the baseline fine-tune."""
+    """The config one arm trains with: the baseline never distils nor learns scales; with distillation and no
+    teacher named, QAT's teacher is the baseline fine-tune."""
     tc = config.train
     if mode == "bf16":
-        return dataclasses.replace(config, train=dataclasses.replace(tc, mode=mode, distill_weight=0.0, teacher=""))
+        return dataclasses.replace(config, train=dataclasses.replace(tc, mode=mode, distill_weight=0.0, teacher=""),
+                                   quant=dataclasses.replace(config.quant, range_learning=False))
     teacher = tc.teacher or (str(bf16_checkpoint) if tc.distill_weight else "")
     return dataclasses.replace(config, train=dataclasses.replace(tc, mode=mode, teacher=teacher))
 

@@ -1,0 +1,47 @@
+"""Range learning end to end: `edgeqat train --range-learning` saves the learned scales, `convert` quantizes with them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+
+from edgeqat.artifacts import read_record
+from edgeqat.cli import main
+from edgeqat.train.quantize import LEARNED_SCALES
+
+pytestmark = pytest.mark.e2e
+SHORT = ["--max-steps", "2", "--max-length", "64", "--batch-size", "2", "--device", "cpu"]
+
+
+def test_the_converted_model_carries_the_learned_scales(tmp_path: Path):
+    from edgeqat.train.convert import load_converted
+
+    ckpt, converted = tmp_path / "ckpt", tmp_path / "converted"
+    assert main(["train", "--output", str(ckpt), "--range-learning", "--range-learning-rate", "1e-3", *SHORT]) == 0
+    record = read_record(ckpt)
+    assert record["config"]["quant"]["range_learning"] and LEARNED_SCALES in record["files"]
+    scales = safetensors.torch.load_file(ckpt / LEARNED_SCALES)
+    assert len(scales) == 4 * 7 + 1  # every linear of the embedded model's 4 layers, and the lm_head
+    assert main(["convert", str(ckpt), "--output", str(converted)]) == 0
+    model, _, _ = load_converted(converted)
+    q_proj = model.model.layers[0].self_attn.q_proj.weight
+    learned = scales["model.layers.0.self_attn.q_proj"]
+    assert q_proj.scale.float().flatten().tolist() == learned.flatten().tolist()
+
+
+def test_range_learning_outside_qat_is_refused_in_one_line(tmp_path: Path, capsys):
+    assert main(["train", "--output", str(tmp_path / "x"), "--mode", "ptq", "--range-learning", *SHORT]) == 2
+    err = capsys.readouterr().err
+    assert "range learning trains QAT's weight scales, and a 'ptq' run has none" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_range_learning_study(tmp_path: Path):
+    out = tmp_path / "study-out"
+    assert main(["study", "--output", str(out), "--max-steps", "3", "--max-length", "64", "--range-learning"]) == 0
+    assert not read_record(out / "bf16-checkpoint")["config"]["quant"]["range_learning"]
+    assert read_record(out / "qat-converted")["config"]["train"]["quant"]["range_learning"]
+    report = json.loads((out / "study" / "study.json").read_text())
+    assert report["arms"]["qat"]["held_out"]["perplexity"] > 1
