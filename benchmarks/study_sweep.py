@@ -38,10 +38,11 @@ def run_cell(work: Path, way: str, lr: str, seed: str, lora_rank: int, extra: li
         return {"way": way, "lr": float(lr), "seed": int(seed), "error": f"exit {done.returncode}, see {out}.log"}
     report = json.loads((out / "study" / "study.json").read_text())
     arms = report["arms"]
+    qat = next(arm for arm in arms if arm not in ("bf16", "ptq"))  # the first QAT arm (study.arms)
     return {"way": way, "lr": float(lr), "seed": int(seed), "recovery": report["recovery"]["perplexity"],
-            **{f"{arm}_ppl": arms[arm]["held_out"]["perplexity"] for arm in ("bf16", "ptq", "qat")},
+            **{f"{name}_ppl": arms[arm]["held_out"]["perplexity"] for name, arm in (("bf16", "bf16"), ("ptq", "ptq"), ("qat", qat))},
             "qat_step_time_ratio": report.get("qat_step_time_ratio"),
-            "qat_peak_gib": arms["qat"].get("peak_gpu_memory_gib"), "bf16_peak_gib": arms["bf16"].get("peak_gpu_memory_gib")}
+            "qat_peak_gib": arms[qat].get("peak_gpu_memory_gib"), "bf16_peak_gib": arms["bf16"].get("peak_gpu_memory_gib")}
 
 
 def summarize(cells: list[dict]) -> list[dict]:

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from edgeqat import __version__
-from edgeqat.config import FAKE_QUANT_KERNELS, LORA_FAKE_QUANT, MODES, REFERENCE_DEVICES
+from edgeqat.config import FAKE_QUANT_KERNELS, LORA_FAKE_QUANT, MODES, REFERENCE_DEVICES, STUDY_ARMS
 from edgeqat.errors import EdgeqatError, Terminated
 
 log = logging.getLogger("edgeqat")
@@ -100,6 +100,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="the learned scales' learning rate (default 1e-5)")
 
 
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
 def _add_resume_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted training from its last checkpoint")
 
@@ -147,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     _add_resume_option(p)
     p.add_argument("--eval-dataset", dest="check.eval_dataset", help="held-out text (default: embedded)")
+    p.add_argument("--arms", dest="study.arms", type=lambda v: [t for t in v.split(",") if t],
+                   help=f"comma-separated QAT arms to compare with the baseline and PTQ: {', '.join(STUDY_ARMS)} "
+                        "(default: qat)")
+    p.add_argument("--seeds", dest="study.seeds", type=_int_list,
+                   help="comma-separated seeds: the whole study once per seed, then mean and spread per arm")
     p.add_argument("--lm-eval-tasks", dest="study.lm_eval_tasks", type=lambda v: [t for t in v.split(",") if t],
                    help="comma-separated lm-eval tasks (needs lm-eval installed)")
 
@@ -205,8 +217,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "study":
         from edgeqat.train.study import study
         from edgeqat.train.study_report import STUDY_MD
+        from edgeqat.train.study_seeds import study_seeds
 
-        report = study(config, resume=args.resume)
+        report = (study_seeds if config.study.seeds else study)(config, resume=args.resume)
         if report:  # rank 0 under torchrun
             print((Path(config.output_dir) / "study" / STUDY_MD).read_text())
         return 0

@@ -32,6 +32,8 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 DEVICES = ("auto", "cpu", "cuda")
 LAYER_DEBUG = ("on_failure", "always", "never")
 REFERENCE_DEVICES = ("auto", "cpu", "cuda")
+# `edgeqat study`'s QAT arms: the config as given, then with range learning, distillation from the baseline, or both
+STUDY_ARMS = ("qat", "qat-range", "qat-distill", "qat-range-distill")
 EMBEDDING_BITS = (0, 4, 8)  # 0 (or null): the token embedding stays float
 SEED_LIMIT = 2**32  # numpy's seeds, which transformers' set_seed also sets
 PHONE_THREADS = 8  # the most cores a phone's CPU has: a thread count any host may be asked to emulate
@@ -140,6 +142,8 @@ class CheckConfig:
 
 @dataclass
 class StudyConfig:
+    arms: list[str] = setting(factory=lambda: ["qat"], min_items=1, choices=STUDY_ARMS)  # QAT arms beside bf16 and PTQ
+    seeds: list[int] = setting(factory=list, min=0, max=SEED_LIMIT - 1)  # the whole study once per seed; []: train.seed
     eval_windows: int = setting(64, min=1)  # held-out windows of train.max_length tokens for perplexity (check.eval_dataset)
     lm_eval_tasks: list[str] = setting(factory=list, nonempty=True)  # lm-eval harness tasks (needs `pip install lm-eval`)
     lm_eval_include_path: str = ""  # a folder of your own lm-eval task YAML files (offline or custom tasks)
@@ -243,7 +247,18 @@ def _rule_problem(name: str, value: Any, rules: dict[str, Any]) -> str | None:
         if len(value) < rules.get("min_items", 0):
             return f"{name} must list at least {rules['min_items']} item{'s' if rules['min_items'] > 1 else ''}"
         empty = [i for i, item in enumerate(value) if rules.get("nonempty") and not str(item).strip()]
-        return f"{name}[{empty[0]}] is empty; give it some text" if empty else None
+        if empty:
+            return f"{name}[{empty[0]}] is empty; give it some text"
+        item_rules = {k: v for k, v in rules.items() if k in ("choices", "min", "max")}
+        if item_rules:  # a list of choices or numbers: each item within them, each once
+            for i, item in enumerate(value):
+                problem = _rule_problem(f"{name}[{i}]", item, item_rules)
+                if problem:
+                    return problem
+            twice = [item for i, item in enumerate(value) if item in value[:i]]
+            if twice:
+                return f"{name} lists {shown(twice[0])} twice"
+        return None
     if value is None:
         return None
     if "choices" in rules and value not in rules["choices"]:

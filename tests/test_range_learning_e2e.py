@@ -38,10 +38,16 @@ def test_range_learning_outside_qat_is_refused_in_one_line(tmp_path: Path, capsy
     assert "range learning trains QAT's weight scales, and a 'ptq' run has none" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_range_learning_study(tmp_path: Path):
+def test_a_study_of_every_qat_arm(tmp_path: Path):
     out = tmp_path / "study-out"
-    assert main(["study", "--output", str(out), "--max-steps", "3", "--max-length", "64", "--range-learning"]) == 0
+    arms = ["qat", "qat-range", "qat-distill", "qat-range-distill"]
+    assert main(["study", "--output", str(out), "--max-steps", "2", "--max-length", "64", "--arms", ",".join(arms)]) == 0
     assert not read_record(out / "bf16-checkpoint")["config"]["quant"]["range_learning"]
-    assert read_record(out / "qat-converted")["config"]["train"]["quant"]["range_learning"]
+    for arm in arms:
+        train_config = read_record(out / f"{arm}-checkpoint")["config"]
+        assert train_config["quant"]["range_learning"] == ("range" in arm)
+        assert train_config["train"]["distill_weight"] == (1.0 if "distill" in arm else 0.0)
+        assert read_record(out / f"{arm}-converted")["mode"] == "qat"
     report = json.loads((out / "study" / "study.json").read_text())
-    assert report["arms"]["qat"]["held_out"]["perplexity"] > 1
+    assert list(report["arms"]) == ["bf16", "ptq", *arms] and list(report["recovery_by_arm"]) == arms
+    assert "QAT + range learning + distillation recovers" in (out / "study" / "study.md").read_text()

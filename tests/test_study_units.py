@@ -49,6 +49,30 @@ def test_report_table_and_recoveries():
     json.dumps(report)  # the report is plain JSON
 
 
+def test_every_qat_arm_gets_its_row_recovery_and_step_time():
+    evaluations = {"bf16": _evaluation(20.0, 0.60), "ptq": _evaluation(22.0, 0.50), "qat": _evaluation(21.0, 0.55),
+                   "qat-range": _evaluation(20.5, 0.58)}
+    training = {"bf16": _training("bf16", 100.0, 0.2), "qat": _training("qat", 150.0, 0.3),
+                "qat-range": _training("qat", 200.0, 0.4)}
+    folders = {"bf16": "a", "ptq": "b", "qat": "c", "qat-range": "d"}
+    report = build_report(RunConfig(), evaluations, training, folders)
+    assert report["recovery"]["perplexity"] == pytest.approx(0.5)  # the first arm's, as study.json always had it
+    assert report["recovery_by_arm"]["qat-range"]["perplexity"] == pytest.approx(0.75)
+    assert report["arms"]["qat-range"]["step_time_ratio"] == pytest.approx(2.0)
+    text = render_markdown(report)
+    assert "| QAT + range learning | 20.500 | +2.50 % |" in text
+    assert "QAT recovers 50.0 %" in text and "QAT + range learning recovers 75.0 %" in text
+
+
+def test_study_arms_are_checked_by_name():
+    from edgeqat.config import StudyConfig, validate
+
+    with pytest.raises(EdgeqatError, match="unknown study.arms\[1\] 'qat-rnage'; did you mean 'qat-range'"):
+        validate(RunConfig(study=StudyConfig(arms=["qat", "qat-rnage"])))
+    with pytest.raises(EdgeqatError, match="study.arms lists 'qat' twice"):
+        validate(RunConfig(study=StudyConfig(arms=["qat", "qat"])))
+
+
 def test_perplexity_of_a_model_that_always_predicts_uniformly_is_the_vocab_size():
     class Uniform(torch.nn.Module):
         def forward(self, input_ids):
@@ -143,3 +167,31 @@ def test_steady_state_leaves_out_the_first_interval(tmp_path: Path):
     assert [r["step"] for r in read] == [1, 2, 3, 4]
     assert steady_state(read) == {"step_seconds": 0.25, "tokens_per_s": 450.0}
     assert steady_state([]) == {"step_seconds": None, "tokens_per_s": None}
+
+
+def test_seeds_are_summarized_per_arm_with_their_spread():
+    from edgeqat.train.study_seeds import render_seeds_markdown, summarize_seeds
+
+    def report(qat_ppl: float) -> dict:
+        evaluations = {"bf16": _evaluation(20.0, 0.6), "ptq": _evaluation(22.0, 0.5), "qat": _evaluation(qat_ppl, 0.55)}
+        training = {"bf16": _training("bf16", 100.0, 0.2), "qat": _training("qat", 150.0, 0.3)}
+        return build_report(RunConfig(), evaluations, training, {"bf16": "a", "ptq": "b", "qat": "c"})
+
+    summary = summarize_seeds(RunConfig(), {0: report(20.5), 1: report(21.0), 2: report(21.5)})
+    recovery_qat = summary["arms"]["qat"]["recovery"]
+    assert recovery_qat["values"] == pytest.approx([0.75, 0.5, 0.25])
+    assert (recovery_qat["mean"], recovery_qat["std"], recovery_qat["min"]) == pytest.approx((0.5, 0.25, 0.25))
+    assert summary["arms"]["ptq"]["perplexity"]["mean"] == pytest.approx(22.0) and "recovery" not in summary["arms"]["ptq"]
+    assert summary["studies"] == {"0": "seed-0", "1": "seed-1", "2": "seed-2"}
+    text = render_seeds_markdown(summary)
+    assert "| QAT | 21.000 ± 0.500 | 50.0 ± 25.0 % | 25.0 % – 75.0 % | 75.0 % / 50.0 % / 25.0 % |" in text
+    json.dumps(summary)
+
+
+def test_seeds_are_checked():
+    from edgeqat.config import StudyConfig, validate
+
+    with pytest.raises(EdgeqatError, match="study.seeds\\[1\\] must be at least 0, got -1"):
+        validate(RunConfig(study=StudyConfig(seeds=[0, -1])))
+    with pytest.raises(EdgeqatError, match="study.seeds lists 2 twice"):
+        validate(RunConfig(study=StudyConfig(seeds=[2, 2])))

@@ -4,6 +4,9 @@
     OUT/qat-checkpoint  ──convert────────▶ OUT/qat-converted ─┼─▶ OUT/evaluations/*.json ──▶ OUT/study/
     (same data, steps, seed, learning rate)  (same scheme)      ┘   (held-out ppl, lm-eval)    (md, json, png)
 
+``study.arms`` adds QAT arms beside "qat" (OUT/<arm>-checkpoint, OUT/<arm>-converted): range learning,
+distillation from the baseline, or both (arm_config); study_seeds.py repeats the whole study per seed.
+
 Every artifact is reused when it is still valid for the config, so a killed study picks up where it
 stopped; with ``resume`` an interrupted training continues from its last complete checkpoint. Under
 torchrun/accelerate every rank trains; rank 0 alone converts, evaluates and reports.
@@ -31,32 +34,42 @@ from edgeqat.train.model_loading import is_main_process, resolve_device
 from edgeqat.train.study_report import build_report, write_report
 
 log = logging.getLogger("edgeqat")
-ARMS = ("bf16", "ptq", "qat")
-STAGES = {"bf16-checkpoint": "train", "qat-checkpoint": "train", "ptq-converted": "convert", "qat-converted": "convert",
-          "study": "study"}
 EVALUATION = "study-evaluation"  # the marker of edgeqat's evaluation cache files
+DEFAULT_DISTILL_WEIGHT = 1.0  # a distillation arm's weight when the config sets none
 
 
-def study_dirs(output_dir: Path) -> dict[str, Path]:
-    return {
-        "bf16-checkpoint": output_dir / "bf16-checkpoint",
-        "qat-checkpoint": output_dir / "qat-checkpoint",
-        "ptq-converted": output_dir / "ptq-converted",
-        "qat-converted": output_dir / "qat-converted",
-        "evaluations": output_dir / "evaluations",
-        "study": output_dir / "study",
-    }
+def arms_of(config: RunConfig) -> tuple[str, ...]:
+    """Every evaluated arm: the baseline, its PTQ, then the QAT arms of ``study.arms`` (names from STUDY_ARMS)."""
+    return ("bf16", "ptq", *config.study.arms)
 
 
-def arm_config(config: RunConfig, mode: str, bf16_checkpoint: Path) -> RunConfig:
-    """The config one arm trains with: the baseline never distils nor learns scales; with distillation and no
-    teacher named, QAT's teacher is the baseline fine-tune."""
-    tc = config.train
-    if mode == "bf16":
-        return dataclasses.replace(config, train=dataclasses.replace(tc, mode=mode, distill_weight=0.0, teacher=""),
-                                   quant=dataclasses.replace(config.quant, range_learning=False))
-    teacher = tc.teacher or (str(bf16_checkpoint) if tc.distill_weight else "")
-    return dataclasses.replace(config, train=dataclasses.replace(tc, mode=mode, teacher=teacher))
+def study_dirs(output_dir: Path, qat_arms: tuple[str, ...] = ("qat",)) -> dict[str, Path]:
+    dirs = {"bf16-checkpoint": output_dir / "bf16-checkpoint", "ptq-converted": output_dir / "ptq-converted"}
+    for arm in qat_arms:
+        dirs[f"{arm}-checkpoint"], dirs[f"{arm}-converted"] = output_dir / f"{arm}-checkpoint", output_dir / f"{arm}-converted"
+    return {**dirs, "evaluations": output_dir / "evaluations", "study": output_dir / "study"}
+
+
+def study_stages(qat_arms: tuple[str, ...]) -> dict[str, str]:
+    return {"bf16-checkpoint": "train", "ptq-converted": "convert",
+            **{f"{arm}-{kind}": stage for arm in qat_arms for kind, stage in (("checkpoint", "train"), ("converted", "convert"))},
+            "study": "study"}
+
+
+def arm_config(config: RunConfig, arm: str, bf16_checkpoint: Path) -> RunConfig:
+    """The config one arm trains with. The baseline never distils nor learns scales; "qat" is the config as
+    given, and qat-range / qat-distill / qat-range-distill add range learning, distillation (the config's
+    weight, else 1) or both. A distilling arm with no teacher named learns from the baseline fine-tune."""
+    tc, quant = config.train, config.quant
+    if arm == "bf16":
+        return dataclasses.replace(config, train=dataclasses.replace(tc, mode="bf16", distill_weight=0.0, teacher=""),
+                                   quant=dataclasses.replace(quant, range_learning=False))
+    if "range" in arm:
+        quant = dataclasses.replace(quant, range_learning=True)
+    weight = tc.distill_weight or (DEFAULT_DISTILL_WEIGHT if "distill" in arm else 0.0)
+    teacher = (tc.teacher or str(bf16_checkpoint)) if weight else ""
+    return dataclasses.replace(config, quant=quant,
+                               train=dataclasses.replace(tc, mode="qat", distill_weight=weight, teacher=teacher))
 
 
 def _evaluation_key(record: dict, config: RunConfig) -> dict:
@@ -118,13 +131,13 @@ def _read_cached(path: Path) -> dict:
     return cached if isinstance(cached, dict) else {}
 
 
-def check_evaluation_cache(folder: Path) -> None:
+def check_evaluation_cache(folder: Path, arms: tuple[str, ...]) -> None:
     """The evaluations folder holds only edgeqat's cache files (or nothing yet): a file of the user's under
     one of its names is never overwritten."""
     if folder.exists() and not folder.is_dir():
         raise EdgeqatError(f"{folder} is a file; the study keeps its evaluations there: move it away or choose "
                            "another --output (nothing was changed)")
-    for arm in ARMS:
+    for arm in arms:
         cache = folder / f"{arm}.json"
         if (cache.exists() or cache.is_symlink()) and _read_cached(cache).get("edgeqat") != EVALUATION:
             raise EdgeqatError(f"{cache} was not written by edgeqat; the study keeps its evaluation of {arm} there: "
@@ -134,27 +147,31 @@ def check_evaluation_cache(folder: Path) -> None:
 def study(config: RunConfig, resume: bool = False) -> dict:
     """Runs (or resumes) the study into ``config.output_dir``; returns the study report (rank 0; {} elsewhere)."""
     require_lm_eval(config.study.lm_eval_tasks, config.study.lm_eval_include_path)
-    dirs = study_dirs(Path(config.output_dir))
-    check_outputs(dirs, STAGES, config)
-    check_evaluation_cache(dirs["evaluations"])
-    for mode in ("bf16", "qat"):
-        mode_config, folder = arm_config(config, mode, dirs["bf16-checkpoint"]), dirs[f"{mode}-checkpoint"]
+    qat_arms = tuple(config.study.arms)
+    dirs = study_dirs(Path(config.output_dir), qat_arms)
+    check_outputs(dirs, study_stages(qat_arms), config)
+    check_evaluation_cache(dirs["evaluations"], arms_of(config))
+    for arm in ("bf16", *qat_arms):  # the baseline first: it is the distilling arms' teacher
+        mode_config, folder = arm_config(config, arm, dirs["bf16-checkpoint"]), dirs[f"{arm}-checkpoint"]
         if is_valid_artifact(folder, "train", stage_config(mode_config)):
-            log.info("[train %s] up to date: %s", mode, folder)
+            log.info("[train %s] up to date: %s", arm, folder)
         else:
+            log.info("[train %s] -> %s", arm, folder)
             train(mode_config, folder, resume)
     if not is_main_process():
         return {}
-    for source, dest, mode in (("bf16-checkpoint", "ptq-converted", "ptq"), ("qat-checkpoint", "qat-converted", "qat")):
+    conversions = [("bf16-checkpoint", "ptq-converted", "ptq")] + [(f"{a}-checkpoint", f"{a}-converted", "qat") for a in qat_arms]
+    for source, dest, mode in conversions:
         if is_valid_artifact(dirs[dest], "convert", converted_config(read_record(dirs[source]), mode)):
-            log.info("[convert %s] up to date: %s", mode, dirs[dest])
+            log.info("[convert %s] up to date: %s", dest, dirs[dest])
         else:
             convert(dirs[source], dirs[dest], mode)
 
     device = resolve_device(config.train.device)
-    arm_dirs = {"bf16": dirs["bf16-checkpoint"], "ptq": dirs["ptq-converted"], "qat": dirs["qat-converted"]}
-    evaluations = {arm: evaluate_arm(arm, arm_dirs[arm], config, device, dirs["evaluations"]) for arm in ARMS}
-    training = {"bf16": read_record(dirs["bf16-checkpoint"]), "qat": read_record(dirs["qat-checkpoint"])}
+    arm_dirs = {"bf16": dirs["bf16-checkpoint"], "ptq": dirs["ptq-converted"],
+                **{arm: dirs[f"{arm}-converted"] for arm in qat_arms}}
+    evaluations = {arm: evaluate_arm(arm, arm_dirs[arm], config, device, dirs["evaluations"]) for arm in arms_of(config)}
+    training = {arm: read_record(dirs[f"{arm}-checkpoint"]) for arm in ("bf16", *qat_arms)}
     report = build_report(config, evaluations, training, {arm: str(p) for arm, p in arm_dirs.items()})
     write_report(dirs["study"], report, training)
     return report

@@ -9,7 +9,7 @@ from edgeqat.artifacts import atomic_dir, versions, write_json_atomic, write_rec
 from edgeqat.config import RunConfig, group_size_of, to_dict
 
 log = logging.getLogger("edgeqat")
-FORMAT, FORMAT_VERSION = "edgeqat-study", 1
+FORMAT, FORMAT_VERSION = "edgeqat-study", 2  # 2: any QAT arms (study.arms), recovery_by_arm
 STUDY_JSON, STUDY_MD, LOSS_PLOT = "study.json", "study.md", "loss_curves.png"
 TRAINING_FIELDS = ("train_seconds", "step_seconds", "tokens_per_s", "peak_gpu_memory_gib", "final_loss", "gpus", "gpu_name", "device")
 
@@ -24,12 +24,21 @@ def recovery(baseline: float, ptq: float, qat: float) -> float | None:
     return None if abs(gap) < 1e-12 else (ptq - qat) / gap
 
 
-def _lm_eval_recovery(evaluations: dict) -> dict[str, float | None]:
+ARM_LABELS = {"bf16": "bf16 fine-tune (baseline)", "ptq": "PTQ of the baseline", "qat": "QAT",
+              "qat-range": "QAT + range learning", "qat-distill": "QAT + distillation",
+              "qat-range-distill": "QAT + range learning + distillation"}
+
+
+def qat_arms(evaluations: dict) -> list[str]:
+    return [arm for arm in evaluations if arm not in ("bf16", "ptq")]
+
+
+def _lm_eval_recovery(evaluations: dict, arm: str) -> dict[str, float | None]:
     out = {}
     for task, metrics in evaluations["bf16"].get("lm_eval", {}).items():
         for metric, base in metrics.items():
             try:
-                ptq, qat = evaluations["ptq"]["lm_eval"][task][metric], evaluations["qat"]["lm_eval"][task][metric]
+                ptq, qat = evaluations["ptq"]["lm_eval"][task][metric], evaluations[arm]["lm_eval"][task][metric]
             except KeyError:
                 continue
             out[f"{task}/{metric}"] = recovery(base, ptq, qat)
@@ -37,17 +46,25 @@ def _lm_eval_recovery(evaluations: dict) -> dict[str, float | None]:
 
 
 def build_report(config: RunConfig, evaluations: dict, training: dict, folders: dict) -> dict:
+    """``evaluations``: bf16, ptq and each QAT arm; ``training``: the train records of bf16 and each QAT arm.
+    ``recovery`` and ``qat_step_time_ratio`` are the first QAT arm's; ``recovery_by_arm`` has every arm's."""
     ppl = {arm: evaluations[arm]["held_out"]["perplexity"] for arm in evaluations}
-    arms = {}
-    for arm in ("bf16", "ptq", "qat"):
-        trained = training["qat" if arm == "qat" else "bf16"]  # PTQ is the bf16 fine-tune, quantized after training
+    bf16_s = training["bf16"].get("step_seconds")
+    arms, recoveries = {}, {}
+    for arm in evaluations:
+        trained = training["bf16" if arm == "ptq" else arm]  # PTQ is the bf16 fine-tune, quantized after training
         arms[arm] = {
             "folder": folders[arm],
             "trained_as": trained["mode"],
             **{k: trained.get(k) for k in TRAINING_FIELDS},
             **evaluations[arm],
         }
-    bf16_s, qat_s = training["bf16"].get("step_seconds"), training["qat"].get("step_seconds")
+        if arm in qat_arms(evaluations):
+            step_s = trained.get("step_seconds")
+            arms[arm]["step_time_ratio"] = round(step_s / bf16_s, 3) if bf16_s and step_s else None
+            recoveries[arm] = {"perplexity": recovery(ppl["bf16"], ppl["ptq"], ppl[arm]),
+                               "lm_eval": _lm_eval_recovery(evaluations, arm)}
+    first = qat_arms(evaluations)[0]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -58,8 +75,9 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
         "group_size": group_size_of(config.quant),
         "fine_tuning": f"LoRA r{config.train.lora_rank}" if config.train.lora_rank else "full",
         "arms": arms,
-        "recovery": {"perplexity": recovery(ppl["bf16"], ppl["ptq"], ppl["qat"]), "lm_eval": _lm_eval_recovery(evaluations)},
-        "qat_step_time_ratio": round(qat_s / bf16_s, 3) if bf16_s and qat_s else None,
+        "recovery": recoveries[first],
+        "recovery_by_arm": recoveries,
+        "qat_step_time_ratio": arms[first]["step_time_ratio"],
         "config": to_dict(config),
         "versions": versions(),
     }
@@ -75,8 +93,8 @@ def render_markdown(report: dict) -> str:
     base_ppl = arms["bf16"]["held_out"]["perplexity"]
     header = ["run", "held-out ppl", "vs bf16", *tasks, "train time", "s/step", "tokens/s", "peak GPU GiB", "final loss"]
     rows = []
-    for arm, label in (("bf16", "bf16 fine-tune (baseline)"), ("ptq", "PTQ of the baseline"), ("qat", "QAT")):
-        a = arms[arm]
+    for arm in arms:
+        a, label = arms[arm], ARM_LABELS.get(arm, arm)
         ppl = a["held_out"]["perplexity"]
         scores = [_fmt(a.get("lm_eval", {}).get(t.split("/")[0], {}).get(t.split("/")[1]), ".4f") for t in tasks]
         same_run = arm == "ptq"  # its training is the baseline's: don't count it twice
@@ -88,7 +106,6 @@ def render_markdown(report: dict) -> str:
             "" if same_run else _fmt(a["peak_gpu_memory_gib"], ".1f"),
             "" if same_run else _fmt(a["final_loss"], ".4f"),
         ])
-    rec = report["recovery"]
     lines = [
         "# edgeqat study: baseline vs PTQ vs QAT",
         "",
@@ -99,16 +116,18 @@ def render_markdown(report: dict) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in rows),
-        "",
-        f"**QAT recovers {_fmt(None if rec['perplexity'] is None else rec['perplexity'] * 100, '.1f')} % of PTQ's "
-        "perplexity loss** ((PTQ − QAT) / (PTQ − baseline)).",
     ]
-    for name, value in rec["lm_eval"].items():
-        lines.append(f"- {name}: " + ("no recovery to measure: PTQ did not change it" if value is None
-                                       else f"recovery {value * 100 + 0.0:.1f} %"))
-    if report["qat_step_time_ratio"]:
-        lines += ["", f"A QAT step took {report['qat_step_time_ratio']:.2f}× a baseline step (median after the "
-                  "first logging interval; s/step and tokens/s are steady-state, train time is wall time)."]
+    for arm, rec in report["recovery_by_arm"].items():
+        label, ppl_rec = ARM_LABELS.get(arm, arm), rec["perplexity"]
+        lines += ["", f"**{label} recovers {_fmt(None if ppl_rec is None else ppl_rec * 100, '.1f')} % of PTQ's "
+                  "perplexity loss** ((PTQ − QAT) / (PTQ − baseline))."]
+        for name, value in rec["lm_eval"].items():
+            lines.append(f"- {name}: " + ("no recovery to measure: PTQ did not change it" if value is None
+                                           else f"recovery {value * 100 + 0.0:.1f} %"))
+        if arms[arm].get("step_time_ratio"):
+            lines.append(f"- a step took {arms[arm]['step_time_ratio']:.2f}× a baseline step")
+    lines += ["", "Step times are the median after the first logging interval; s/step and tokens/s are "
+              "steady-state, train time is wall time."]
     lines += ["", f"![loss curves]({LOSS_PLOT})", ""]
     return "\n".join(lines)
 
@@ -120,7 +139,8 @@ def plot_loss_curves(training: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    for mode, label in (("bf16", "bf16 fine-tune (baseline; PTQ starts from it)"), ("qat", "QAT")):
+    for mode in training:
+        label = "bf16 fine-tune (baseline; PTQ starts from it)" if mode == "bf16" else ARM_LABELS.get(mode, mode)
         curve = training[mode].get("loss_curve") or []
         if curve:
             ax.plot([s for s, _ in curve], [l for _, l in curve], label=label, marker="." if len(curve) < 40 else None)
