@@ -158,6 +158,18 @@ def test_range_learning_trains_the_scales_and_convert_quantizes_with_them(lora):
     assert torch.equal(_logits(plain, IDS), trained)  # deployed with the learned scales, to the bit
 
 
+def test_a_tied_output_layer_keeps_per_step_scales_like_its_embedding():
+    from edgeqat.train.quantize import initialize_range_learning, learned_scales
+
+    model = tiny_llama(tie=True)
+    prepare_qat(model, QuantConfig(embedding_bits=4, range_learning=True))
+    assert initialize_range_learning(model, torch.device("cpu")) == 14
+    assert "lm_head" not in learned_scales(model) and model.lm_head.weight_fake_quantizer.config.is_dynamic
+    untied = tiny_llama()
+    prepare_qat(untied, QuantConfig(embedding_bits=0, range_learning=True))
+    assert initialize_range_learning(untied, torch.device("cpu")) == 15  # nothing to share: it learns too
+
+
 def test_learned_scales_that_do_not_match_the_model_are_refused():
     from edgeqat.train.quantize import learned_scales, load_learned_scales
 

@@ -17,6 +17,7 @@ SHORT = ["--max-steps", "2", "--max-length", "64", "--batch-size", "2", "--devic
 
 
 def test_the_converted_model_carries_the_learned_scales(tmp_path: Path):
+    from edgeqat.export.tied_embedding import share_tied_embedding
     from edgeqat.train.convert import load_converted
 
     ckpt, converted = tmp_path / "ckpt", tmp_path / "converted"
@@ -24,12 +25,15 @@ def test_the_converted_model_carries_the_learned_scales(tmp_path: Path):
     record = read_record(ckpt)
     assert record["config"]["quant"]["range_learning"] and LEARNED_SCALES in record["files"]
     scales = safetensors.torch.load_file(ckpt / LEARNED_SCALES)
-    assert len(scales) == 4 * 7 + 1  # every linear of the embedded model's 4 layers, and the lm_head
+    # every linear of the embedded model's 4 layers; its output layer is tied to the int4 embedding and keeps
+    # per-step scales like it, so that the .pte still stores the table once
+    assert len(scales) == 4 * 7 and "lm_head" not in scales
     assert main(["convert", str(ckpt), "--output", str(converted)]) == 0
     model, _, _ = load_converted(converted)
     q_proj = model.model.layers[0].self_attn.q_proj.weight
     learned = scales["model.layers.0.self_attn.q_proj"]
     assert q_proj.scale.float().flatten().tolist() == learned.flatten().tolist()
+    assert share_tied_embedding(model)  # the same integers and scales in the embedding and the output layer
 
 
 def test_range_learning_outside_qat_is_refused_in_one_line(tmp_path: Path, capsys):
