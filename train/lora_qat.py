@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from edgeqat.errors import EdgeqatError
-from edgeqat.train.fused_fake_quant import FusedSpec, fake_quantized_weight, fp32_inverse, input_backward
+from edgeqat.train.fused_fake_quant import (
+    FusedSpec,
+    fake_quantized_weight,
+    fp32_inverse,
+    input_backward,
+    linear_forward,
+)
 from edgeqat.train.fused_linear import _optimizer_steps, fused_spec
 
 
@@ -41,8 +47,6 @@ class _MergedLoraFakeQuantizedFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, lora_a, lora_b, bias, fq_merged, scaling: float, spec: FusedSpec):
-        from edgeqat.train.fused_fake_quant import linear_forward
-
         x2d = x.reshape(-1, x.shape[-1]).contiguous()
         out = linear_forward(x2d, fq_merged, bias, spec)
         ctx.spec, ctx.scaling, ctx.has_bias = spec, scaling, bias is not None

@@ -46,14 +46,26 @@ def check_quantizable(model: torch.nn.Module, quant: QuantConfig, warn: Callable
     return linear_filter
 
 
-def _apply(model: torch.nn.Module, quant: QuantConfig, wrap: Callable, warn: Callable[[str], None]) -> None:
+def _apply(model: torch.nn.Module, quant: QuantConfig, wrap: Callable, warn: Callable[[str], None],
+           range_learning: bool = False) -> None:
+    """``wrap`` of the scheme's configs over the embedding and the linears. With ``range_learning`` the linears
+    learn their scales, except a tied output layer: it keeps per-step scales, as its embedding does, so the
+    two quantize to the same table, which the `.pte` stores once (export/tied_embedding.py); learned scales
+    of its own would cost a second copy of the vocabulary table."""
     from torchao.quantization import quantize_
 
     linear, _, embedding = _configs(quant)
     linear_filter = check_quantizable(model, quant, warn)
     if embedding is not None:
         quantize_(model, wrap(embedding), filter_fn=schemes.embedding_filter)
-    quantize_(model, wrap(linear), filter_fn=linear_filter)
+    if not range_learning:
+        quantize_(model, wrap(linear), filter_fn=linear_filter)
+        return
+    head = _tied_quantized_head(model, quant)
+    quantize_(model, schemes.qat_prepare_config(linear, range_learning=True),
+              filter_fn=lambda m, fqn: linear_filter(m, fqn) and m is not head)
+    if head is not None:  # still the plain nn.Linear: the call above left it out
+        quantize_(model, wrap(linear), filter_fn=lambda m, fqn: m is head and linear_filter(m, fqn))
 
 
 def _tied_quantized_head(model: torch.nn.Module, quant: QuantConfig) -> torch.nn.Module | None:
@@ -61,25 +73,6 @@ def _tied_quantized_head(model: torch.nn.Module, quant: QuantConfig) -> torch.nn
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     get_head = getattr(model, "get_output_embeddings", None)
     return get_head() if tied and quant.embedding_bits and get_head is not None else None
-
-
-def _prepare_with_range_learning(model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None]) -> None:
-    """QAT's prepare step with learned scales on the linears. A tied output layer keeps per-step scales, as
-    its embedding does: the two then quantize to the same table, which the `.pte` stores once
-    (export/tied_embedding.py); learned scales of its own would cost a second copy of the vocabulary table."""
-    from torchao.quantization import quantize_
-    from torchao.quantization.qat import FakeQuantizedLinear
-
-    linear, _, embedding = _configs(quant)
-    linear_filter = check_quantizable(model, quant, warn)
-    if embedding is not None:
-        quantize_(model, schemes.qat_prepare_config(embedding), filter_fn=schemes.embedding_filter)
-    head = _tied_quantized_head(model, quant)
-    quantize_(model, schemes.qat_prepare_config(linear, range_learning=True),
-              filter_fn=lambda m, fqn: linear_filter(m, fqn) and m is not head)
-    if head is not None:
-        quantize_(model, schemes.qat_prepare_config(linear),
-                  filter_fn=lambda m, fqn: m is head and linear_filter(m, fqn) and not isinstance(m, FakeQuantizedLinear))
 
 
 def wants_fused(kernels: str, device: torch.device) -> bool:
@@ -92,10 +85,8 @@ def prepare_qat(
 ) -> None:
     """Inserts torchao fake quantizers (QATConfig step="prepare") in place; ``fused`` swaps in the fused
     fake-quantized linears (same numerics, see fused_fake_quant.py) wherever they apply."""
-    if quant.range_learning:  # the linears' (the embedding's scales stay per-step absmax)
-        _prepare_with_range_learning(model, quant, warn)
-    else:
-        _apply(model, quant, schemes.qat_prepare_config, warn)
+    # range learning is the linears' (the embedding's scales stay per-step absmax)
+    _apply(model, quant, schemes.qat_prepare_config, warn, range_learning=quant.range_learning)
     if fused:
         from edgeqat.train.fused_linear import use_fused
 
