@@ -162,7 +162,7 @@ def check(
                                        **{f"--device-results {f}": f for f in device_results}})
     manifest = load_bundle(bundle_dir)
     manifest_sha, program_sha = sha256_file(bundle_dir / MANIFEST), sha256_file(bundle_dir / manifest["program"])
-    results = [load_device_results(f, manifest_sha, program_sha) for f in device_results]  # bad input before any work
+    results = [load_device_results(f, manifest_sha, program_sha, manifest["golden"]) for f in device_results]  # bad input before any work
     pte = PteProgram(bundle_dir, manifest)
     max_seq_len = manifest["model"]["max_seq_len"]
     model, tokenizer, references, skipped = load_references(bundle_dir, manifest, converted, unquantized, config.reference_device)

@@ -1,6 +1,7 @@
 """Benchmark results from the Android and iOS demo apps: validated, tied to one bundle, and set beside
-the estimates (`edgeqat check --device-results FILE`). The format is schemas/device_results.schema.json,
-explained for app developers in docs/device_results.md.
+the estimates (`edgeqat check --device-results FILE`). The format is schemas/device_results.schema.json
+(version 2: the golden self-check by token ids; version 1, schemas/device_results_v1.schema.json, compared
+text and is still read), explained for app developers in docs/device_results.md.
 """
 
 from __future__ import annotations
@@ -15,22 +16,47 @@ from typing import Any, Iterable
 from edgeqat.errors import EdgeqatError
 from edgeqat.json_file import load_json, schema_problem
 from edgeqat.runtime_check.device_profiles import normalize_name
+from edgeqat.runtime_check.metrics import prefix_agreement
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "device_results.schema.json"
-SCHEMA_VERSION = 1
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+SCHEMA_PATHS = {1: SCHEMAS / "device_results_v1.schema.json", 2: SCHEMAS / "device_results.schema.json"}
+SCHEMA_VERSION = 2
 FORMAT_DOC = "docs/device_results.md"
 
 
 @functools.cache
-def device_results_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())
+def device_results_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    return json.loads(SCHEMA_PATHS[version].read_text())
 
 
 def _consistency_problem(data: dict[str, Any]) -> str | None:
     """What the schema cannot say: counts that contradict each other."""
     for i, entry in enumerate(data["self_check"]):
-        if entry["matched_tokens"] > entry["total_tokens"]:
-            return f"self_check[{i}].matched_tokens ({entry['matched_tokens']}) is more than total_tokens ({entry['total_tokens']})"
+        if data["schema_version"] == 1:
+            if entry["matched_tokens"] > entry["total_tokens"]:
+                return f"self_check[{i}].matched_tokens ({entry['matched_tokens']}) is more than total_tokens ({entry['total_tokens']})"
+            continue
+        generated, total, matched = len(entry["generated_ids"]), entry["total_tokens"], entry["matched_ids"]
+        if generated > total:
+            return f"self_check[{i}].generated_ids holds {generated} ids, more than total_tokens ({total})"
+        if matched > generated:
+            return f"self_check[{i}].matched_ids ({matched}) is more than the {generated} generated_ids"
+    return None
+
+
+def _golden_problem(data: dict[str, Any], golden: list[dict[str, Any]]) -> str | None:
+    """A version-2 self-check must be the bundle's golden prompts, in order, with matched_ids that its ids give."""
+    entries = data["self_check"]
+    if len(entries) != len(golden):
+        return f"self_check has {len(entries)} entries but the bundle has {len(golden)} golden prompts"
+    for i, (entry, g) in enumerate(zip(entries, golden)):
+        if entry["prompt"] != g["prompt"]:
+            return f"self_check[{i}].prompt is not the bundle's golden[{i}].prompt"
+        if entry["total_tokens"] != len(g["generated_ids"]):
+            return f"self_check[{i}].total_tokens is {entry['total_tokens']}, the bundle's golden[{i}] has {len(g['generated_ids'])}"
+        agreed = prefix_agreement(entry["generated_ids"], g["generated_ids"])
+        if entry["matched_ids"] != agreed:
+            return f"self_check[{i}].matched_ids is {entry['matched_ids']} but its generated_ids agree with the golden ids for {agreed}"
     return None
 
 
@@ -41,14 +67,20 @@ def validate_device_results(data: Any, where: str = "device results") -> dict[st
         raise EdgeqatError(
             f"{where}: schema_version {version} is newer than this edgeqat reads ({SCHEMA_VERSION}); upgrade edgeqat"
         )
-    problem = schema_problem(device_results_schema(), data) or _consistency_problem(data)
+    if isinstance(version, int) and not isinstance(version, bool) and version in SCHEMA_PATHS:
+        schema = device_results_schema(version)
+    else:
+        schema = device_results_schema()  # says what schema_version must be
+    problem = schema_problem(schema, data) or _consistency_problem(data)
     if problem:
         raise EdgeqatError(f"{where}: {problem}; fix what the app writes (format: {FORMAT_DOC})")
     return data
 
 
-def load_device_results(path: str | Path, manifest_sha256: str, program_sha256: str) -> dict[str, Any]:
-    """The validated results file at ``path``, which must be of the bundle with these sha256s."""
+def load_device_results(path: str | Path, manifest_sha256: str, program_sha256: str,
+                        golden: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The validated results file at ``path``, which must be of the bundle with these sha256s (and, given the
+    bundle's ``golden`` entries, a version-2 self-check of exactly those)."""
     path = Path(path)
     where = f"device results {path}"
     data = load_json(path, "device results file", "the apps write UTF-8 JSON")
@@ -60,6 +92,9 @@ def load_device_results(path: str | Path, manifest_sha256: str, program_sha256: 
                 f"{where} are for another bundle (bundle.{key} is {found[:12]}..., this bundle's is "
                 f"{expected[:12]}...); run the app with this bundle, or check the bundle they came from"
             )
+    problem = _golden_problem(data, golden) if golden is not None and data["schema_version"] >= 2 else None
+    if problem:
+        raise EdgeqatError(f"{where}: {problem}; fix what the app writes (format: {FORMAT_DOC})")
     return data
 
 
@@ -77,7 +112,8 @@ def measured_summary(result: dict[str, Any], estimate_tokens_per_s: float | None
     """One results file as a device row's "measured": medians over its runs, the golden self-check."""
     runs, golden = result["runs"], result["self_check"]
     decode = _median(r["decode_tokens_per_s"] for r in runs)
-    matched = sum(g["matched_tokens"] for g in golden)
+    matched_key = "matched_tokens" if result["schema_version"] == 1 else "matched_ids"
+    matched = sum(g[matched_key] for g in golden)
     total = sum(g["total_tokens"] for g in golden)
     device = result["device"]
     return {

@@ -17,6 +17,7 @@ class RunnerResult:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     time_to_first_token_ms: int
+    stats_json: str  # the runner's stats as it reports them (the apps' LlmCallback.onStats gets the same JSON)
 
 
 def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_tokens: int) -> RunnerResult:
@@ -47,7 +48,8 @@ def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_toke
         with native_errors(failed, fds=(1, 2)):
             runner.generate(prompt, config, token_callback=None, stats_callback=stats.append)
         text = None
-    s = json.loads(stats[-1].to_json_string()) if stats else {}
+    stats_json = stats[-1].to_json_string() if stats else "{}"
+    s = json.loads(stats_json)
     ttft = s.get("first_token_ms", 0) - s.get("inference_start_ms", 0)
     return RunnerResult(
         text=text,
@@ -56,4 +58,5 @@ def generate_with_runner(bundle_dir: Path, manifest: dict, prompt: str, new_toke
         prefill_tokens_per_s=float(s.get("prefill_token_per_sec", 0.0)),
         decode_tokens_per_s=float(s.get("decode_token_per_sec", 0.0)),
         time_to_first_token_ms=int(ttft),
+        stats_json=stats_json,
     )

@@ -22,6 +22,7 @@ from edgeqat.runtime_check.device_results import (
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = Path(__file__).resolve().parent / "data" / "device_results_example.json"
+EXAMPLE_V1 = Path(__file__).resolve().parent / "data" / "device_results_example_v1.json"
 MIB = 1 << 20
 
 
@@ -72,9 +73,12 @@ BROKEN = [
     (lambda d: d["bundle"].update(program_sha256="ABC"), "bundle.program_sha256: 'ABC' is not a sha256"),
     (lambda d: d["device"].update(soc=7), r"device\.soc: 7 is not of type 'string', 'null'"),
     (lambda d: d.update(runs=[]), "runs: .* should be non-empty"),
-    (lambda d: d["self_check"][0].update(matched_tokens=25), r"self_check\[0\]\.matched_tokens \(25\) is more than total_tokens \(24\)"),
-    (lambda d: d.update(schema_version=0), "schema_version: 1 was expected"),
-    (lambda d: d.update(schema_version=2), "schema_version 2 is newer than this edgeqat reads"),
+    (lambda d: d["self_check"][0].update(matched_ids=25), r"self_check\[0\]\.matched_ids \(25\) is more than the 24 generated_ids"),
+    (lambda d: d["self_check"][0]["generated_ids"].append(7), r"self_check\[0\]\.generated_ids holds 25 ids, more than total_tokens \(24\)"),
+    (lambda d: d["self_check"][0]["generated_ids"].append(-1), r"self_check\[0\]\.generated_ids\[24\]: -1 is less than the minimum of 0"),
+    (lambda d: d["self_check"][1].pop("matched_ids"), r"self_check\[1\]\.matched_ids is missing"),
+    (lambda d: d.update(schema_version=0), "schema_version: 2 was expected"),
+    (lambda d: d.update(schema_version=3), "schema_version 3 is newer than this edgeqat reads"),
     (lambda d: d.clear() or d.update(data=[]), "schema_version is missing"),
 ]
 
@@ -87,6 +91,42 @@ def test_broken_files_are_one_line_errors_naming_the_json_path(example, tmp_path
     with pytest.raises(EdgeqatError, match=message) as info:
         load_device_results(path, *hashes(example))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_version_1_files_stay_readable():
+    v1 = json.loads(EXAMPLE_V1.read_text())
+    assert load_device_results(EXAMPLE_V1, *hashes(v1)) == v1
+    v1["self_check"][0]["matched_tokens"] = 25
+    with pytest.raises(EdgeqatError, match=r"self_check\[0\]\.matched_tokens \(25\) is more than total_tokens \(24\)"):
+        validate_device_results(v1)
+    v1["self_check"][0].pop("matched_tokens")  # a version-1 file is held to version 1's schema
+    with pytest.raises(EdgeqatError, match=r"self_check\[0\]\.matched_tokens is missing"):
+        validate_device_results(v1)
+
+
+def golden_of(data: dict) -> list[dict]:
+    """A bundle's golden entries for which the example's self-check is right."""
+    golden = []
+    for entry in data["self_check"]:
+        ids = list(entry["generated_ids"])
+        ids[entry["matched_ids"]:] = [(i + 1) % 2048 for i in ids[entry["matched_ids"]:]]
+        golden.append({"prompt": entry["prompt"], "prompt_ids": [5], "generated_ids": ids, "text": "..."})
+    return golden
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda g: g.pop(), "self_check has 3 entries but the bundle has 2 golden prompts"),
+    (lambda g: g[1].update(prompt="other"), r"self_check\[1\]\.prompt is not the bundle's golden\[1\]\.prompt"),
+    (lambda g: g[2]["generated_ids"].pop(), r"self_check\[2\]\.total_tokens is 24, the bundle's golden\[2\] has 23"),
+    (lambda g: g[0]["generated_ids"].__setitem__(13, g[0]["generated_ids"][13] - 1),
+     r"self_check\[0\]\.matched_ids is 13 but its generated_ids agree with the golden ids for 14"),
+])
+def test_the_self_check_must_be_of_the_bundles_golden_ids(example, breakage, message):
+    golden = golden_of(example)
+    assert load_device_results(EXAMPLE, *hashes(example), golden) == example
+    breakage(golden)
+    with pytest.raises(EdgeqatError, match=message):
+        load_device_results(EXAMPLE, *hashes(example), golden)
 
 
 def test_results_of_another_bundle_are_refused(example):
