@@ -113,6 +113,10 @@ def _add_resume_option(p: argparse.ArgumentParser) -> None:
 
 def _add_export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", dest="export.max_seq_len", type=int, help="KV cache length of the .pte")
+    p.add_argument("--format", dest="export.formats", type=lambda v: [t for t in v.split(",") if t],
+                   help="comma-separated programs for the bundle: pte (always), onnx (ONNX Runtime; docs/onnx.md)")
+    p.add_argument("--onnx-accuracy-level", dest="export.onnx_accuracy_level", type=int,
+                   help="MatMulNBits accuracy_level of the ONNX model (default 4: int8 activations; 1: float32)")
     p.add_argument("--lowering-workers", dest="export.lowering_workers", type=int,
                    help="processes for XNNPACK's preprocessing (default 0: one per core; 1: none forked)")
 

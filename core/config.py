@@ -105,6 +105,9 @@ class TrainConfig:
     device: str = setting("auto", choices=DEVICES)  # auto | cpu | cuda
 
 
+EXPORT_FORMATS = ["pte", "onnx"]
+
+
 @dataclass
 class ExportConfig:
     max_seq_len: int = setting(256, min=2)
@@ -115,6 +118,12 @@ class ExportConfig:
     # Processes for XNNPACK's preprocessing of the delegate subgraphs; 0: one per core. The .pte is the same
     # whatever the count (tests/test_export_ops.py), so a bundle is not re-exported when only this changes.
     lowering_workers: int = setting(0, min=0)
+    # Programs in the bundle: the .pte always (the apps and the manifest are built on it), and an ONNX model
+    # for ONNX Runtime from the same weights (docs/onnx.md).
+    formats: list[str] = setting(factory=lambda: ["pte"], min_items=1, choices=EXPORT_FORMATS)
+    # ONNX Runtime's MatMulNBits accuracy_level: 4 quantizes activations to int8 (the nearest to 8da4w/8da8w),
+    # 1 keeps them float32 (docs/onnx.md measures both).
+    onnx_accuracy_level: int = setting(4, choices=[0, 1, 2, 3, 4])
 
 
 @dataclass

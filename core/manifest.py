@@ -36,6 +36,10 @@ def _consistency_problem(data: dict[str, Any]) -> str | None:
     for key in ("program", "tokenizer"):
         if data[key] not in data["files"]:
             return f"{key} names {data[key]!r} but 'files' does not list it"
+    onnx = data.get("onnx") or {}
+    for key in ("file", "external_data"):
+        if onnx.get(key) and onnx[key] not in data["files"]:
+            return f"onnx.{key} names {onnx[key]!r} but 'files' does not list it"
     model = data["model"]
     vocab, max_seq_len = model["vocab_size"], model["max_seq_len"]
     for where, ids in (("model.bos_id", [model["bos_id"]] if model["bos_id"] is not None else []),

@@ -107,10 +107,19 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
         blocker = export_blocker(get_scheme(record["scheme"]), record["group_size"])
         if blocker:
             raise EdgeqatError(f"scheme {record['scheme']} cannot be exported: {blocker}")
+    if "pte" not in export.formats:
+        raise EdgeqatError("a bundle always holds the .pte (its manifest and the apps are built on it): "
+                           "use --format pte or --format pte,onnx")
     model, tokenizer, _ = load_converted(converted_dir, record)
     config = model.config
     check_tokenizer_matches(tokenizer, config.vocab_size)
     golden_prompt_ids(tokenizer, export.golden_prompts, export.max_seq_len)  # before the export's minutes of work
+    onnx_model = None
+    if "onnx" in export.formats:  # from the converted model itself, before the .pte's export rewrites it
+        from edgeqat.export.onnx.export import build_onnx
+
+        log.info("ONNX model (MatMulNBits accuracy_level %d)", export.onnx_accuracy_level)
+        onnx_model = build_onnx(model, export.max_seq_len, export.onnx_accuracy_level)
     linear_layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     # The model's parameters, counted before the export unwraps torchao's tensors into data, scales and zero
     # points; a tied output layer once, as in the checkpoint (the converted model holds it as a second tensor).
@@ -139,6 +148,8 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
 
     with atomic_dir(bundle_dir, "export") as tmp:
         (tmp / PROGRAM).write_bytes(lowered.program)
+        if onnx_model is not None:
+            onnx_model.save(tmp)
         for name in (TOKENIZER, *TOKENIZER_EXTRAS):
             if (converted_dir / name).is_file():
                 shutil.copy(converted_dir / name, tmp / name)
@@ -178,6 +189,7 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
                 "config": to_dict(export),
             },
             "golden": golden,
+            **({"onnx": onnx_model.section} if onnx_model is not None else {}),
             "versions": versions(),
             # Relative to the bundle: no path of this machine (a bundle moved alone needs --reference).
             "source": {"converted": os.path.relpath(converted_dir.resolve(), bundle_dir.resolve()),

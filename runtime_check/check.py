@@ -24,13 +24,16 @@ from edgeqat.artifacts import atomic_dir, sha256_file, versions, write_json_atom
 from edgeqat.config import CheckConfig, to_dict
 from edgeqat.errors import CheckFailed
 from edgeqat.export.rope import head_dim_of
-from edgeqat.generation import greedy, prefill_positions, prompt_ids
+from edgeqat.generation import prompt_ids
 from edgeqat.manifest import MANIFEST, load_bundle
 from edgeqat.ownership import check_output
 from edgeqat.paths import DEFAULT_EVAL_DATA
 from edgeqat.runtime_check import latency, metrics
 from edgeqat.runtime_check.comparison import compare_on_windows, greedy_side_by_side
+from edgeqat.runtime_check.gates import gate_rows, replay_golden
 from edgeqat.runtime_check.llm_runner import generate_with_runner
+from edgeqat.runtime_check.onnx_check import check_onnx
+from edgeqat.runtime_check.onnx_program import OnnxProgram
 from edgeqat.runtime_check.pte_program import PteProgram
 from edgeqat.runtime_check.references import CONVERTED_CPU, Reference, load_references
 from edgeqat.train.data import token_windows
@@ -56,18 +59,13 @@ def _golden(pte: PteProgram, bundle_dir: Path, manifest: dict, tokenizer) -> lis
     max_seq_len = manifest["model"]["max_seq_len"]
     rows = []
     for g in manifest["golden"]:
-        ids = greedy(pte.forward, g["prompt_ids"], len(g["generated_ids"]), max_seq_len)
-        # Teacher-forced: the .pte's next-token choice along the golden sequence, so one near-tie
-        # does not turn every later token into a mismatch the way free-running greedy does.
-        sequence = torch.tensor(g["prompt_ids"] + g["generated_ids"][:-1])
-        logits = pte.forward(sequence[None], prefill_positions(0, len(sequence)))[0]
-        choices = logits[len(g["prompt_ids"]) - 1 :].argmax(-1).tolist()
+        ids, teacher_forced = replay_golden(pte.forward, g, max_seq_len)
         runner = generate_with_runner(bundle_dir, manifest, g["prompt"], len(g["generated_ids"]))
         rows.append({
             "prompt": g["prompt"],
             "tokens": len(g["generated_ids"]),
             "pte_prefix_match": metrics.prefix_agreement(ids, g["generated_ids"]),
-            "pte_teacher_forced_match": sum(a == b for a, b in zip(choices, g["generated_ids"])),
+            "pte_teacher_forced_match": teacher_forced,
             "eager_text": g["text"],
             "pte_text": tokenizer.decode(ids),
             "runner_text": runner.text,
@@ -116,16 +114,7 @@ def _device_estimates(bundle_dir: Path, manifest: dict, model, runner_row: dict,
 
 
 def _gates(comparison: dict, golden_agreement: float, config: CheckConfig) -> list[dict]:
-    t, versus = config.thresholds, f"(.pte vs {CONVERTED_CPU})"
-    gates = [
-        {"name": f"logits cosine {versus}", "value": comparison["cosine_mean"], "threshold": t.min_logits_cosine, "op": ">="},
-        {"name": f"top-1 agreement {versus}", "value": comparison["top1_agreement"], "threshold": t.min_top1_agreement, "op": ">="},
-        {"name": f"perplexity increase {versus}", "value": comparison["perplexity_ratio"], "threshold": t.max_perplexity_increase, "op": "<="},
-        {"name": "golden next-token agreement (teacher-forced)", "value": golden_agreement, "threshold": t.min_golden_token_agreement, "op": ">="},
-    ]
-    for gate in gates:
-        gate["passed"] = gate["value"] >= gate["threshold"] if gate["op"] == ">=" else gate["value"] <= gate["threshold"]
-    return gates
+    return gate_rows(comparison, golden_agreement, config, ".pte", "golden next-token agreement (teacher-forced)")
 
 
 def _host(threads: int) -> dict:
@@ -164,6 +153,7 @@ def check(
     manifest_sha, program_sha = sha256_file(bundle_dir / MANIFEST), sha256_file(bundle_dir / manifest["program"])
     results = [load_device_results(f, manifest_sha, program_sha, manifest["golden"]) for f in device_results]  # bad input before any work
     pte = PteProgram(bundle_dir, manifest)
+    onnx = OnnxProgram(bundle_dir, manifest, config.threads) if "onnx" in manifest else None  # bad input: before work
     max_seq_len = manifest["model"]["max_seq_len"]
     model, tokenizer, references, skipped = load_references(bundle_dir, manifest, converted, unquantized, config.reference_device)
     prompts = [(g["prompt"], g["prompt_ids"], len(g["generated_ids"])) for g in manifest["golden"]]
@@ -183,9 +173,12 @@ def check(
     estimates = _device_estimates(bundle_dir, manifest, model, timing["rows"][0], config, results)
 
     gates = _gates(comparisons[CONVERTED_CPU], golden_agreement, config)
+    pte_passed = all(g["passed"] for g in gates)
+    onnx_report = check_onnx(onnx, bundle_dir, manifest, references, windows, prompts, tokenizer, prompt, config) if onnx else None
+    gates += onnx_report["gates"] if onnx_report else []
     passed = all(g["passed"] for g in gates)
     layer_debug = None
-    if config.layer_debug == "always" or (config.layer_debug == "on_failure" and not passed):
+    if config.layer_debug == "always" or (config.layer_debug == "on_failure" and not pte_passed):
         from edgeqat.runtime_check.layer_debug import debug_layers
 
         log.info("comparing every layer of the .pte with eager (a debug re-export; about as long as an export)")
@@ -212,6 +205,7 @@ def check(
         "latency": timing,
         "device_estimates": estimates,
         "device_results": results,
+        "onnx": onnx_report,
         "layer_debug": layer_debug,
         "gates": gates,
         "versions": versions(),

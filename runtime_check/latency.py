@@ -71,13 +71,15 @@ def on_gpu(device: torch.device, measure: Callable[[Callable[[], None]], dict]) 
 def probe_pte(bundle_dir: Path, manifest: dict, mode: str, prompt_ids: list[int], prompt_text: str,
               decode_tokens: int, threads: int) -> dict:
     """Times the `.pte` in a fresh Python process (latency_probe.py): ``mode`` "runner" is ExecuTorch's
-    C++ LLM runner, the apps' code path, from text; "method" is the program's forward method, from ids."""
+    C++ LLM runner, the apps' code path, from text; "method" is the program's forward method, from ids;
+    "onnx" is the bundle's ONNX model in ONNX Runtime, from ids."""
     with tempfile.TemporaryDirectory(prefix="edgeqat-probe-") as tmp:
         request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
         request.write_text(json.dumps({
             "program": str(Path(bundle_dir) / manifest["program"]), "tokenizer": str(Path(bundle_dir) / manifest["tokenizer"]),
             "method": manifest["export"]["method"], "mode": mode, "prompt_ids": prompt_ids, "prompt_text": prompt_text,
             "decode_tokens": decode_tokens, "threads": threads,
+            "bundle": str(bundle_dir), "onnx": manifest.get("onnx"),
         }))
         # stdout is the runner's own (it prints the generated text); errors come back on stderr.
         # OpenMP at one thread: ExecuTorch's thread pool sets the program's threads, and with OpenMP's own

@@ -87,8 +87,30 @@ def _method(request: dict) -> dict:
     return {**row, "load_ms": load_ms}
 
 
+def _onnx(request: dict) -> dict:
+    import torch
+
+    from edgeqat.runtime_check.latency import time_forward
+    from edgeqat.runtime_check.onnx_program import OnnxProgram
+
+    start = time.perf_counter()
+    program = OnnxProgram(Path(request["bundle"]), {"onnx": request["onnx"]}, request["threads"])
+    load_ms = (time.perf_counter() - start) * 1e3
+    row = time_forward(program.forward, torch.tensor(request["prompt_ids"], dtype=torch.long), request["decode_tokens"])
+    return {**row, "load_ms": load_ms, "threads": request["threads"]}
+
+
 def main(request_file: str, result_file: str) -> None:
     request = json.loads(Path(request_file).read_text())
+    if request["mode"] == "onnx":  # ONNX Runtime's own thread pool, set by the session (intra_op_num_threads)
+        import onnxruntime  # noqa: F401
+        import torch  # noqa: F401
+
+        before = _rss_mib()
+        row = _onnx(request)
+        row.update({"peak_rss_mib": _peak_rss_mib(), "pte_rss_mib": max(0.0, _rss_mib() - before)})
+        Path(result_file).write_text(json.dumps(row))
+        return
     # Every library first, so that the memory measured from here on is the program's own.
     import torch  # noqa: F401
     from executorch.extension.llm.runner import TextLLMRunner  # noqa: F401

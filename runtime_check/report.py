@@ -169,7 +169,8 @@ def gates_section(report: dict) -> Section:
 
 def latency_section(report: dict) -> Section:
     latency = report.get("latency") or {}
-    rows_in = latency.get("rows") or []
+    # The ONNX model's timing (its own fresh process, the same prompt and threads) beside the .pte's.
+    rows_in = [*(latency.get("rows") or []), *([report["onnx"]["latency"]] if (report.get("onnx") or {}).get("latency") else [])]
     with_gpu = any(r.get("peak_gpu_mib") is not None for r in rows_in)
     columns = ("timed", "device", "threads", "prefill tok/s", "decode tok/s", "time to first token (ms)",
                ".pte resident (MiB)", "process peak RSS (MiB)", *(("peak GPU (MiB)",) if with_gpu else ()))
@@ -187,9 +188,9 @@ def latency_section(report: dict) -> Section:
                f"decoded tokens, {fmt(latency.get('threads'), 'd')} CPU threads")
     notes = [] if rows else ["nothing was timed"]
     if any(r.get("pte_rss_mib") is not None for r in rows_in):
-        notes.append(".pte resident: what the process holds once the program is loaded and has run (weights, "
-                     "XNNPACK's packed copies, KV cache, activations) over what it held before loading it; the "
-                     "process peak also counts Python, torch and ExecuTorch's libraries")
+        notes.append(".pte resident: what the process holds once the program (the .pte, or the ONNX model) is "
+                     "loaded and has run (weights, their packed copies, KV cache, activations) over what it held "
+                     "before loading it; the process peak also counts Python, torch and the runtime's libraries")
     return Section("latency", "Latency on this host", notes, [Table(columns, rows, caption)] if rows else [])
 
 
@@ -318,6 +319,11 @@ def report_sections(report: dict) -> list[Section]:
     """Every section after the verdict, in reading order."""
     sections = [overview_section(report), comparison_section(report), gates_section(report),
                 latency_section(report), devices_section(report), golden_section(report), greedy_section(report)]
+    from edgeqat.runtime_check.report_onnx import onnx_section  # it builds on this module's helpers
+
+    onnx = onnx_section(report)
+    if onnx:
+        sections.insert(3, onnx)  # after the .pte's gates, before the speeds
     if report.get("layer_debug"):
         sections.append(layers_section(report["layer_debug"]))
     return [*sections, versions_section(report)]

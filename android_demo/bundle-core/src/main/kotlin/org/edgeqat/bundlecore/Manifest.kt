@@ -54,6 +54,11 @@ class Manifest private constructor(val json: JSONObject) {
       for (key in listOf("program", "tokenizer")) {
         if (!files.has(data.getString(key))) return "$key names '${data.getString(key)}' but 'files' does not list it"
       }
+      val onnx = data.optJSONObject("onnx")
+      for (key in listOf("file", "external_data")) {
+        val name = onnx?.opt(key) as? String ?: continue
+        if (!files.has(name)) return "onnx.$key names '$name' but 'files' does not list it"
+      }
       val model = data.getJSONObject("model")
       val vocab = model.getLong("vocab_size")
       val maxSeqLen = model.getLong("max_seq_len")
