@@ -90,5 +90,6 @@ def probe_pte(bundle_dir: Path, manifest: dict, mode: str, prompt_ids: list[int]
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0 or not result.is_file():
             last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or [f"exit code {done.returncode}"]
-            raise EdgeqatError(f"timing the .pte ({mode}) in a separate process failed: {last[0]}")
+            what = "the ONNX model" if mode == "onnx" else f"the .pte ({mode})"
+            raise EdgeqatError(f"timing {what} in a separate process failed: {last[0]}")
         return json.loads(result.read_text())

@@ -14,15 +14,16 @@ TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
 
 
 def _shape_problem(described: dict, found: dict) -> str | None:
+    """How the model's inputs or outputs (name -> (type, shape)) differ from the manifest's; named sizes are free."""
     for name, (dtype, shape) in described.items():
         if name not in found:
-            return f"has no {name!r}"
+            return f"{name!r} is missing"
         found_type, found_shape = found[name]
         fixed = [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
         if found_type != dtype or len(found_shape) != len(shape) or any(found_shape[i] != d for i, d in fixed):
             return f"{name!r} is {found_type}{list(found_shape)}, the manifest says {dtype}{shape}"
     extra = sorted(set(found) - set(described))
-    return f"has {extra[0]!r}, which the manifest does not describe" if extra else None
+    return f"{extra[0]!r} is not in the manifest" if extra else None
 
 
 class OnnxProgram:
@@ -51,7 +52,7 @@ class OnnxProgram:
         ):
             problem = _shape_problem(described, {a.name: (TYPES.get(a.type, a.type), a.shape) for a in found})
             if problem:
-                raise EdgeqatError(f"{path.name}'s {kind}s do not match the manifest: it {problem}; re-export the bundle")
+                raise EdgeqatError(f"{path.name}'s {kind}s do not match the manifest ({problem}); re-export the bundle")
         self.max_seq_len = section["max_seq_len"]
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._cache_names = [n for n in section["inputs"] if n.startswith("past_key_values.")]

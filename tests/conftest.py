@@ -126,8 +126,8 @@ def plant_lookalikes(dest: Path) -> dict[Path, dict]:
 
 @pytest.fixture(scope="session")
 def made(tmp_path_factory) -> dict:
-    """A real checkpoint, converted model, bundle and report of the embedded model (2 steps, a 64-token
-    cache), each written by its own command with a user's look-alike folders beside it (``lookalikes``)."""
+    """A real checkpoint, converted model, bundle (with its ONNX model) and report of the embedded model (2 steps,
+    a 64-token cache), each written by its own command with a user's look-alike folders beside it (``lookalikes``)."""
     root = tmp_path_factory.mktemp("artifacts")
     paths = {name: root / name for name in ("ckpt", "conv", "bundle", "report")}
     lookalikes = {}
@@ -135,7 +135,7 @@ def made(tmp_path_factory) -> dict:
         lookalikes.update(plant_lookalikes(path))
     assert main(["train", "--output", str(paths["ckpt"]), "--max-steps", "2", "--max-length", "64", "--device", "cpu"]) == 0
     assert main(["convert", str(paths["ckpt"]), "--output", str(paths["conv"])]) == 0
-    assert main(["export", str(paths["conv"]), "--output", str(paths["bundle"]), "--max-seq-len", "64"]) == 0
+    assert main(["export", str(paths["conv"]), "--output", str(paths["bundle"]), "--max-seq-len", "64", "--format", "pte,onnx"]) == 0
     assert main(["check", str(paths["bundle"]), "--output", str(paths["report"]), "--min-golden-agreement", "0"]) == 0
     return {**paths, "lookalikes": lookalikes}
 

@@ -59,3 +59,17 @@ def test_decode_speed_and_its_llama_cpp_worker_load_without_llama_cpp():
     assert result.returncode == 0 and "--gguf-type" in result.stdout, result.stderr
     result = subprocess.run([sys.executable, str(BENCHMARKS / "llama_cpp_worker.py")], capture_output=True, text=True)
     assert result.returncode == 1 and "usage: llama_cpp_worker.py {convert|quantize|time}" in result.stderr
+
+
+def test_onnx_speed_times_both_programs_of_a_bundle(made, tmp_path: Path):
+    out = tmp_path / "onnx_speed.json"
+    command = [sys.executable, str(BENCHMARKS / "onnx_speed.py"), str(made["bundle"]), "--reference", str(made["conv"]),
+               "--threads", "1", "--rounds", "1", "--levels", "1,4", "--windows", "1", "--prompt-tokens", "8",
+               "--decode-tokens", "4", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "| threads | .pte prefill | .pte decode | ONNX L1 prefill" in result.stdout
+    data = json.loads(out.read_text())
+    assert set(data["agreement"]) == {"1", "4"} and data["agreement"]["4"]["cosine_mean"] > 0.99
+    (row,) = data["table"]
+    assert row["threads"] == 1 and row["pte_decode"] > 0 and row["onnx_level1_decode"] > 0 and row["onnx_level4_decode"] > 0

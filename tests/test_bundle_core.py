@@ -39,10 +39,12 @@ def _edit_manifest(edit):
     return change
 
 
-def _flip_a_byte(bundle: Path) -> None:
-    data = bytearray((bundle / "model.pte").read_bytes())
-    data[len(data) // 2] ^= 0x01
-    (bundle / "model.pte").write_bytes(bytes(data))
+def _flip_a_byte(name: str):
+    def change(bundle: Path) -> None:
+        data = bytearray((bundle / name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (bundle / name).write_bytes(bytes(data))
+    return change
 
 
 def _escape(name: str):
@@ -60,7 +62,9 @@ def _ids_past_vocab(m: dict) -> None:
 # name, how the good bundle is damaged, what both sides' one-line error must name
 BUNDLE_CASES = [
     ("missing_file", lambda b: (b / "tokenizer.json").unlink(), "tokenizer.json: missing"),
-    ("changed_byte", _flip_a_byte, "model.pte: sha256 differs"),
+    ("changed_byte", _flip_a_byte("model.pte"), "model.pte: sha256 differs"),
+    ("onnx_changed_byte", _flip_a_byte("model.onnx"), "model.onnx: sha256 differs"),
+    ("onnx_not_listed", _edit_manifest(lambda m: m["files"].pop("model.onnx")), "onnx.file names 'model.onnx'"),
     ("truncated", lambda b: (b / "model.pte").write_bytes((b / "model.pte").read_bytes()[:-100]), "model.pte: sha256 differs"),
     ("path_escape", _escape("../outside.txt"), "../outside.txt: path escapes the folder"),
     ("future_format_version", _edit_manifest(lambda m: m.update(format_version=2)), "bundle format version 2 is newer"),

@@ -80,6 +80,12 @@ def test_check_json_with_device_results_a_prompt_and_a_failing_gate(default_run:
     results = json.loads((Path(__file__).parent / "data" / "device_results_example.json").read_text())
     results["bundle"] = {"manifest_sha256": sha256_file(bundle / "manifest.json"),
                          "program_sha256": sha256_file(bundle / "model.pte")}
+    golden = json.loads((bundle / "manifest.json").read_text())["golden"]
+    # a phone that reproduced the golden ids but the last of the second prompt's
+    results["self_check"] = [{"prompt": g["prompt"], "total_tokens": len(g["generated_ids"]),
+                              "generated_ids": g["generated_ids"][:-1] + [(g["generated_ids"][-1] + 1) % 2048] if i == 1
+                              else g["generated_ids"], "matched_ids": len(g["generated_ids"]) - (i == 1)}
+                             for i, g in enumerate(golden)]
     (tmp_path / "pixel.json").write_text(json.dumps(results))
     capsys.readouterr()
     code = main(["check", str(bundle), "--output", str(tmp_path / "report"), "--json", "--threads", "2",
@@ -93,6 +99,7 @@ def test_check_json_with_device_results_a_prompt_and_a_failing_gate(default_run:
     pixel = next(d for d in report["device_estimates"]["devices"] if d["name"] == "Google Pixel 8 Pro")
     assert pixel["measured"]["decode_tokens_per_s"] == 239.4 and pixel["tokens_per_s"] > 0
     assert report["device_results"][0]["device"]["model"] == "Pixel 8 Pro"
+    assert pixel["measured"]["golden_tokens_matched"] == pixel["measured"]["golden_tokens"] - 1
     greedy = report["comparisons"]["eager converted (cpu)"]["greedy"]
     assert greedy[-1]["prompt"] == "Wisdom is" and greedy[-1]["tokens"] == 32
     layers = report["layer_debug"]

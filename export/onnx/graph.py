@@ -57,15 +57,21 @@ class _Builder:
         self.g = _Graph()
         self.accuracy_level = accuracy_level
         self.model = model
+        self.table = None  # the embedding's block-quantized table, once built
 
-    def linear(self, x: str, module: torch.nn.Linear, name: str) -> str:
+    def linear(self, x: str, module: torch.nn.Linear, name: str, shared: tuple[str, str] | None = None) -> str:
+        """``shared``: (packed, scales) initializers already holding this weight's values (a tied table)."""
         bias = None if module.bias is None else self.g.constant(f"{name}.bias", _array(module.bias))
         weight = block_quantized(module.weight)
         if weight is None:  # a float weight: MatMul with its transpose
             out = self.g.op("MatMul", [x, self.g.constant(f"{name}.weight_t", _array(module.weight).T)])
             return out if bias is None else self.g.op("Add", [out, bias])
         n, k = weight.shape
-        inputs = [x, self.g.constant(f"{name}.qweight", weight.packed), self.g.constant(f"{name}.scales", weight.scales)]
+        if shared:  # the same bytes, seen as [N, k_blocks, blob]: ONNX Runtime folds the Reshape once at load
+            packed = self.g.op("Reshape", [shared[0], self.g.constant(f"{name}.packed_shape", np.array(weight.packed.shape, np.int64))])
+            inputs = [x, packed, shared[1]]
+        else:
+            inputs = [x, self.g.constant(f"{name}.qweight", weight.packed), self.g.constant(f"{name}.scales", weight.scales)]
         if bias is not None:
             inputs += ["", "", bias]
         return self.g.op("MatMulNBits", inputs, domain=MS_DOMAIN, K=k, N=n, bits=weight.bits,
@@ -84,6 +90,7 @@ class _Builder:
 
     def embedding(self, ids: str, module) -> str:
         table = block_quantized(module.weight)
+        self.table = table
         if table is None:
             return self.g.op("Gather", [self.g.constant("embed_tokens.weight", _array(module.weight)), ids])
         n, k = table.shape
@@ -91,6 +98,10 @@ class _Builder:
         return self.g.op("GatherBlockQuantized", [self.g.constant("embed_tokens.qweight", data), ids,
                                                   self.g.constant("embed_tokens.scales", table.scales)],
                          domain=MS_DOMAIN, bits=table.bits, block_size=table.block_size, gather_axis=0, quantize_axis=1)
+
+
+def _same(a, b) -> bool:
+    return (a.bits, a.block_size) == (b.bits, b.block_size) and np.array_equal(a.packed, b.packed) and np.array_equal(a.scales, b.scales)
 
 
 def _rotary_caches(model, max_seq_len: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,25 +140,26 @@ def decoder_graph(model, max_seq_len: int, accuracy_level: int):
     for i, (layer, (past_k, past_v, present_k, present_v)) in enumerate(zip(layers, cache_names(len(layers)))):
         attn = layer.self_attn
         x = b.rms_norm(hidden, layer.input_layernorm, f"layers.{i}.input_layernorm")
-        q = b.linear(x, attn.q_proj, f"layers.{i}.q_proj")
-        k = b.linear(x, attn.k_proj, f"layers.{i}.k_proj")
-        v = b.linear(x, attn.v_proj, f"layers.{i}.v_proj")
+        q = b.linear(x, attn.q_proj, f"layers.{i}.self_attn.q_proj")
+        k = b.linear(x, attn.k_proj, f"layers.{i}.self_attn.k_proj")
+        v = b.linear(x, attn.v_proj, f"layers.{i}.self_attn.v_proj")
         if getattr(attn, "q_norm", None) is not None:
-            q = b.head_norm(q, attn.q_norm, f"layers.{i}.q_norm", heads, head_dim)
-            k = b.head_norm(k, attn.k_norm, f"layers.{i}.k_norm", kv_heads, head_dim)
+            q = b.head_norm(q, attn.q_norm, f"layers.{i}.self_attn.q_norm", heads, head_dim)
+            k = b.head_norm(k, attn.k_norm, f"layers.{i}.self_attn.k_norm", kv_heads, head_dim)
         out, _, _ = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total, cos, sin],
                    outputs=[f"attention_{i}", present_k, present_v], domain=MS_DOMAIN,
                    num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0,
                    scale=float(attn.scaling))
-        hidden = g.op("Add", [hidden, b.linear(out, attn.o_proj, f"layers.{i}.o_proj")])
+        hidden = g.op("Add", [hidden, b.linear(out, attn.o_proj, f"layers.{i}.self_attn.o_proj")])
         x = b.rms_norm(hidden, layer.post_attention_layernorm, f"layers.{i}.post_attention_layernorm")
         mlp = layer.mlp
-        gate = b.linear(x, mlp.gate_proj, f"layers.{i}.gate_proj")
-        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), b.linear(x, mlp.up_proj, f"layers.{i}.up_proj")])
-        hidden = g.op("Add", [hidden, b.linear(act, mlp.down_proj, f"layers.{i}.down_proj")])
+        gate = b.linear(x, mlp.gate_proj, f"layers.{i}.mlp.gate_proj")
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), b.linear(x, mlp.up_proj, f"layers.{i}.mlp.up_proj")])
+        hidden = g.op("Add", [hidden, b.linear(act, mlp.down_proj, f"layers.{i}.mlp.down_proj")])
     hidden = b.rms_norm(hidden, model.model.norm, "norm")
-    g.nodes[-1].output[0] = "final_hidden"
-    logits = b.linear("final_hidden", model.lm_head, "lm_head")
+    head = block_quantized(model.lm_head.weight)
+    tied = b.table is not None and head is not None and _same(b.table, head)  # one table in the file, not two
+    b.linear(hidden, model.lm_head, "lm_head", shared=("embed_tokens.qweight", "embed_tokens.scales") if tied else None)
     g.nodes[-1].output[0] = "logits"
 
     cache_shape = ["batch_size", kv_heads, "past_sequence_length", head_dim]
@@ -158,7 +170,6 @@ def decoder_graph(model, max_seq_len: int, accuracy_level: int):
     for past_k, past_v, present_k, present_v in cache_names(len(layers)):
         inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, cache_shape) for n in (past_k, past_v)]
         outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, present_shape) for n in (present_k, present_v)]
-    del logits
     graph = helper.make_graph(g.nodes, "edgeqat_decoder", inputs, outputs, g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
                              producer_name="edgeqat")
