@@ -97,7 +97,7 @@ def test_packing_round_trips_and_matches_onnx_runtimes_dequantization(bits):
     x = torch.randn(3, 64)
     from edgeqat.export.onnx.graph import _Builder  # one MatMulNBits node, run alone
 
-    builder = _Builder(None, 0)
+    builder = _Builder(0)
     out = builder.linear("x", linear, "w")
     graph = onnx.helper.make_graph(builder.g.nodes, "one", [onnx.helper.make_tensor_value_info("x", 1, [3, 64])],
                                    [onnx.helper.make_tensor_value_info(out, 1, [3, 24])], builder.g.initializers)

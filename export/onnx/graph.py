@@ -53,19 +53,23 @@ def _array(t: torch.Tensor) -> np.ndarray:
 
 
 class _Builder:
-    def __init__(self, model, accuracy_level: int):
+    def __init__(self, accuracy_level: int):
         self.g = _Graph()
         self.accuracy_level = accuracy_level
-        self.model = model
         self.table = None  # the embedding's block-quantized table, once built
 
-    def linear(self, x: str, module: torch.nn.Linear, name: str, shared: tuple[str, str] | None = None) -> str:
-        """``shared``: (packed, scales) initializers already holding this weight's values (a tied table)."""
+    def linear(self, x: str, module: torch.nn.Linear, name: str, shared: tuple[str, str] | None = None,
+               out: str | None = None) -> str:
+        """``shared``: (packed, scales) initializers already holding this weight's values (a tied table);
+        ``out``: the output's name (a graph output)."""
+        outputs = [out] if out else 1
         bias = None if module.bias is None else self.g.constant(f"{name}.bias", _array(module.bias))
         weight = block_quantized(module.weight)
         if weight is None:  # a float weight: MatMul with its transpose
-            out = self.g.op("MatMul", [x, self.g.constant(f"{name}.weight_t", _array(module.weight).T)])
-            return out if bias is None else self.g.op("Add", [out, bias])
+            weight_t = self.g.constant(f"{name}.weight_t", _array(module.weight).T)
+            if bias is None:
+                return self.g.op("MatMul", [x, weight_t], outputs=outputs)
+            return self.g.op("Add", [self.g.op("MatMul", [x, weight_t]), bias], outputs=outputs)
         n, k = weight.shape
         if shared:  # the same bytes, seen as [N, k_blocks, blob]: ONNX Runtime folds the Reshape once at load
             packed = self.g.op("Reshape", [shared[0], self.g.constant(f"{name}.packed_shape", np.array(weight.packed.shape, np.int64))])
@@ -74,7 +78,7 @@ class _Builder:
             inputs = [x, self.g.constant(f"{name}.qweight", weight.packed), self.g.constant(f"{name}.scales", weight.scales)]
         if bias is not None:
             inputs += ["", "", bias]
-        return self.g.op("MatMulNBits", inputs, domain=MS_DOMAIN, K=k, N=n, bits=weight.bits,
+        return self.g.op("MatMulNBits", inputs, outputs=outputs, domain=MS_DOMAIN, K=k, N=n, bits=weight.bits,
                          block_size=weight.block_size, accuracy_level=self.accuracy_level)
 
     def rms_norm(self, x: str, module, name: str) -> str:
@@ -126,7 +130,7 @@ def decoder_graph(model, max_seq_len: int, accuracy_level: int):
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     layers = model.model.layers
-    b = _Builder(model, accuracy_level)
+    b = _Builder(accuracy_level)
     g = b.g
 
     mask_sum = g.op("ReduceSum", ["attention_mask", g.constant("axis_1", np.array([1], np.int64))], keepdims=0)
@@ -159,8 +163,8 @@ def decoder_graph(model, max_seq_len: int, accuracy_level: int):
     hidden = b.rms_norm(hidden, model.model.norm, "norm")
     head = block_quantized(model.lm_head.weight)
     tied = b.table is not None and head is not None and _same(b.table, head)  # one table in the file, not two
-    b.linear(hidden, model.lm_head, "lm_head", shared=("embed_tokens.qweight", "embed_tokens.scales") if tied else None)
-    g.nodes[-1].output[0] = "logits"
+    b.linear(hidden, model.lm_head, "lm_head", shared=("embed_tokens.qweight", "embed_tokens.scales") if tied else None,
+             out="logits")
 
     cache_shape = ["batch_size", kv_heads, "past_sequence_length", head_dim]
     present_shape = ["batch_size", kv_heads, "total_sequence_length", head_dim]
