@@ -98,6 +98,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="QAT learns the weight scales (torchao's range learning); convert uses them")
     q.add_argument("--range-learning-rate", dest="train.range_learning_rate", type=float,
                    help="the learned scales' learning rate (default 1e-5)")
+    q.add_argument("--fake-quant-after-steps", dest="train.fake_quant_after_steps", type=int,
+                   help="QAT: fine-tune this many steps without fake quantization first (default 0)")
 
 
 def _int_list(value: str) -> list[int]:

@@ -77,6 +77,8 @@ class TrainConfig:
     # Distillation: the loss adds distill_weight · T² · KL(teacher ‖ student) on the logits (0: off). The teacher
     # is a hub id or folder; "" means the model being fine-tuned, as loaded (in `edgeqat study`: the bf16 fine-tune).
     range_learning_rate: float = setting(1e-5, above=0, max=1)  # the learned scales' own AdamW rate (quant.range_learning)
+    # QAT: optimizer steps fine-tuned without fake quantization before it is turned on (0: from the start)
+    fake_quant_after_steps: int = setting(0, min=0)
     distill_weight: float = setting(0.0, min=0)
     distill_temperature: float = setting(1.0, above=0)
     teacher: str = ""

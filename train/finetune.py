@@ -35,6 +35,7 @@ from edgeqat.train.checkpointing import (
 )
 from edgeqat.train.data import load_text_dataset
 from edgeqat.train.distillation import check_teacher, distilling_trainer_class
+from edgeqat.train.fake_quant_delay import FakeQuantAfterSteps
 from edgeqat.train.host_overhead import calling_thread_backward
 from edgeqat.train.lora_qat import use_merged_lora_qat
 from edgeqat.train.memory_estimate import GIB, check_fits
@@ -150,6 +151,10 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     if config.quant.range_learning and tc.mode != "qat":
         raise EdgeqatError(f"range learning trains QAT's weight scales, and a {tc.mode!r} run has none: "
                            "use --mode qat, or drop --range-learning")
+    if tc.fake_quant_after_steps and (tc.mode != "qat" or tc.fake_quant_after_steps >= tc.max_steps):
+        why = f"a {tc.mode!r} run has no fake quantization" if tc.mode != "qat" else \
+            f"the run has {tc.max_steps} steps, so fake quantization would never start"
+        raise EdgeqatError(f"--fake-quant-after-steps {tc.fake_quant_after_steps}: {why}; lower it or drop it")
     teacher_skeleton = None
     if teacher:
         _, teacher_config = load_config_checked(teacher)
@@ -214,7 +219,8 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[throughput, MarkCompleteCheckpoints()],
+        callbacks=[throughput, MarkCompleteCheckpoints(),
+                   *([FakeQuantAfterSteps(model, tc.fake_quant_after_steps)] if tc.fake_quant_after_steps else [])],
         optimizers=optimizers,
     )
     quiet_trainer_output(trainer)
@@ -223,6 +229,8 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
         if main:
             log.info("distilling from %s: loss + %g · T² · KL(teacher ‖ student), T = %g", teacher, tc.distill_weight,
                      tc.distill_temperature)
+    if tc.fake_quant_after_steps and main:
+        log.info("QAT starts after %d steps without fake quantization", tc.fake_quant_after_steps)
     callbacks = trainer.callback_handler.callbacks  # first, so TensorBoard sees the fields it adds
     callbacks.insert(0, callbacks.pop(callbacks.index(throughput)))
     if main:

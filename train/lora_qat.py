@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeqat.errors import EdgeqatError
+from edgeqat.train.fake_quant_delay import fake_quant_enabled
 from edgeqat.train.fused_fake_quant import (
     FusedSpec,
     fake_quantized_weight,
@@ -94,9 +95,10 @@ class MergedLoraFakeQuantizedLinear(_lora_linear_class()):
                              self.scaling[adapter])
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
-            return super().forward(x, *args, **kwargs)
-        base, adapter = self.get_base_layer(), self._adapter()
+        base = self.get_base_layer()
+        if self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None or not fake_quant_enabled(base):
+            return super().forward(x, *args, **kwargs)  # (fake quantization off: plain LoRA on the plain base)
+        adapter = self._adapter()
         lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
         if self.merged_spec is not None and x.dtype in (torch.bfloat16, torch.float16, torch.float32):
             return _MergedLoraFakeQuantizedFunction.apply(x, lora_a, lora_b, base.bias, self._fq_merged(), self.scaling[adapter],

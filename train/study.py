@@ -57,12 +57,14 @@ def study_stages(qat_arms: tuple[str, ...]) -> dict[str, str]:
 
 
 def arm_config(config: RunConfig, arm: str, bf16_checkpoint: Path) -> RunConfig:
-    """The config one arm trains with. The baseline never distils nor learns scales; "qat" is the config as
+    """The config one arm trains with. The baseline never distils, learns scales nor delays fake quantization
+    (it has none); "qat" is the config as
     given, and qat-range / qat-distill / qat-range-distill add range learning, distillation (the config's
     weight, else 1) or both. A distilling arm with no teacher named learns from the baseline fine-tune."""
     tc, quant = config.train, config.quant
     if arm == "bf16":
-        return dataclasses.replace(config, train=dataclasses.replace(tc, mode="bf16", distill_weight=0.0, teacher=""),
+        return dataclasses.replace(config, train=dataclasses.replace(tc, mode="bf16", distill_weight=0.0, teacher="",
+                                                                     fake_quant_after_steps=0),
                                    quant=dataclasses.replace(quant, range_learning=False))
     if "range" in arm:
         quant = dataclasses.replace(quant, range_learning=True)
