@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from edgeqat.train.fake_quant_delay import fake_quant_enabled
 from edgeqat.train.fused_fake_quant import FusedSpec, fake_quantized_weight, fp32_inverse, fused_fake_quantized_linear
 
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
@@ -80,9 +81,7 @@ class FusedFakeQuantizedLinear(_fake_quantized_linear_class()):
     fused_spec: FusedSpec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act_q = self.activation_fake_quantizer
-        enabled = self.weight_fake_quantizer.enabled and (act_q is None or act_q.enabled)
-        if not enabled or x.dtype not in _FLOATS or self.weight.dtype not in _FLOATS:
+        if not fake_quant_enabled(self) or x.dtype not in _FLOATS or self.weight.dtype not in _FLOATS:
             return super().forward(x)
         return fused_fake_quantized_linear(x, self.weight, self._fake_quantized_weight(), self.bias, self.fused_spec)
 
