@@ -11,6 +11,7 @@ import torch
 
 from edgeqat.errors import EdgeqatError
 from edgeqat.export.onnx.graph import MS_DOMAIN, OPSET, decoder_graph
+from edgeqat.export.rope import head_dim_of
 
 ONNX_PROGRAM = "model.onnx"
 ONNX_DATA = "model.onnx.data"  # the weights, when the protobuf would pass its 2 GB limit
@@ -60,7 +61,7 @@ def build_onnx(model, max_seq_len: int, accuracy_level: int) -> OnnxModel:
         except onnx.checker.ValidationError as e:
             raise EdgeqatError(f"the ONNX graph built from this model fails ONNX's checker: {str(e).splitlines()[0]}") from None
     config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = head_dim_of(config)
     ops = collections.Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
     section = {
         "file": ONNX_PROGRAM,

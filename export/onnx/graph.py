@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeqat.errors import EdgeqatError
 from edgeqat.export.onnx.weights import block_quantized
+from edgeqat.export.rope import head_dim_of
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 OPSET = 23  # RMSNormalization
@@ -128,7 +129,7 @@ def decoder_graph(model, max_seq_len: int, accuracy_level: int):
         raise EdgeqatError(f"the ONNX export knows the decoder layers of {', '.join(FAMILIES)}, not "
                            f"{config.model_type!r}; export --format pte")
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    head_dim = head_dim_of(config)
     layers = model.model.layers
     b = _Builder(accuracy_level)
     g = b.g
