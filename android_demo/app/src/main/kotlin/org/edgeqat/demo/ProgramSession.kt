@@ -63,17 +63,14 @@ class ProgramSession(private val bundle: Bundle, val threads: Int) : Closeable {
     var error: String? = null
     runner.generate(prompt, seqLen, object : LlmCallback {
       override fun onResult(result: String) = onToken(result)
-      override fun onStats(stats: String) { statsSeen = stats }
+      override fun onStats(json: String) { stats = json }
       override fun onError(errorCode: Int, message: String) { error = "ExecuTorch error 0x${Integer.toHexString(errorCode)}: $message" }
     }, false, 0f, 0, 0)
     generated = true
     error?.let { throw IllegalStateException(it) }
-    stats = statsSeen
-    statsSeen = null
     return stats
   }
 
-  @Volatile private var statsSeen: String? = null
   private var generated = false
 
   /** One benchmark prompt: generate, then the run's numbers from the runner's own stats (docs/device_results.md). */
