@@ -40,6 +40,18 @@ def test_study_sweep_runs_a_study_per_cell_and_summarizes(tmp_path: Path):
     assert "| QAT | merged | 0.001 | 1 |" in result.stdout
 
 
+def test_fake_quant_codes_counts_what_training_would_ship_differently(tmp_path: Path):
+    out = tmp_path / "codes.json"
+    model = Path(__file__).resolve().parents[1] / "core" / "assets" / "default_model"
+    command = [sys.executable, str(BENCHMARKS / "fake_quant_codes.py"), str(model), "--scheme", "8da4w", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["weights"] == 4_194_304  # every quantized linear and the embedding of the embedded model
+    assert row["codes_differ"]["edgeqat (fp32)"] == 0 and row["values_differ"]["edgeqat (fp32)"] == 0
+    assert row["codes_differ"]["torchao bf16"] > 1e-3
+
+
 def test_shaped_model_configs_have_the_published_sizes():
     sys.path.insert(0, str(BENCHMARKS))
     from shaped_model import shaped_config

@@ -3,6 +3,8 @@
 On CPU the fused functions run eagerly and must match torchao bit for bit, and so must the Triton kernels
 that bf16 uses on CUDA, run here through Triton's interpreter. On CUDA (the device machine) the kernels
 run compiled, and the comparison allows for cuBLAS choosing other kernels for other matmul shapes.
+The reference fake-quantizes weights with torchao's own quantizer on the fp32 weight, as edgeqat does in
+every dtype (weight_fake_quant.py): in bf16 that is where the two differ from torchao's bf16 quantizer.
 """
 
 from __future__ import annotations
@@ -14,19 +16,38 @@ import sys
 
 import pytest
 import torch
+from torchao.quantization.qat import IntxFakeQuantizer
 
 from edgeqat.config import QuantConfig
 from edgeqat.train.fused_linear import FusedFakeQuantizedLinear, fused_spec, use_fused
-from edgeqat.train.quantize import prepare_qat, strip_fake_quant
+from edgeqat.train.quantize import convert_qat, prepare_qat, strip_fake_quant
+from edgeqat.train.weight_fake_quant import WeightFakeQuantizer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SCHEMES = [("8da4w", 32), ("8da4w", 64), ("8da4w", 128), ("8da4w", 0), ("8da8w", 0), ("4w", 32), ("4w", 128)]
 
 
+class _TorchaoOnFp32(IntxFakeQuantizer):
+    """The reference weight quantizer: torchao's arithmetic on the weight in fp32, on the CPU (where convert
+    runs: on CUDA torchao divides by 7.5 through a reciprocal, and a group's negative absmax weight, which
+    sits on the tie -7.5, then takes -7 or -8 by the last bit of the scale)."""
+
+    def forward(self, w):
+        return super().forward(w.cpu().float()).to(w.device, w.dtype)
+
+
 def _prepared(scheme: str, group_size: int, dtype, device, bias: bool = True, in_features: int = 256):
+    """A one-linear QAT model; its weight quantizer is the torchao reference (use_fused gives edgeqat's)."""
     model = torch.nn.Sequential(torch.nn.Linear(in_features, 192, bias=bias)).to(device, dtype)
     prepare_qat(model, QuantConfig(scheme=scheme, group_size=group_size))
+    model[0].weight_fake_quantizer.__class__ = _TorchaoOnFp32
     return model
+
+
+def _use_fused(model):
+    """edgeqat's model of a reference: its fp32 weight quantizer, then the fused linear."""
+    model[0].weight_fake_quantizer.__class__ = WeightFakeQuantizer
+    return use_fused(model)
 
 
 def _inputs(dtype, device) -> torch.Tensor:
@@ -62,7 +83,7 @@ def _close(ours: torch.Tensor, theirs: torch.Tensor, device: str) -> None:
 def test_fused_linear_matches_torchao(scheme, group_size, dtype, device):
     reference = _prepared(scheme, group_size, dtype, device)
     fused = copy.deepcopy(reference)
-    assert use_fused(fused) == (1, 0) and type(fused[0]) is FusedFakeQuantizedLinear
+    assert _use_fused(fused) == (1, 0) and type(fused[0]) is FusedFakeQuantizedLinear
     x = _inputs(dtype, device)
     grad = torch.randn(3, 37, 192, device=device, dtype=dtype)
     for ours, theirs in zip(_run(fused, x, grad), _run(reference, x, grad)):
@@ -75,7 +96,7 @@ def test_fused_linear_matches_torchao_under_autocast(scheme, group_size):
     """The Trainer runs under bf16 autocast, where torchao's ``1.0 / scale`` is computed in fp32."""
     reference = _prepared(scheme, group_size, torch.bfloat16, "cuda")
     fused = copy.deepcopy(reference)
-    use_fused(fused)
+    _use_fused(fused)
     x = _inputs(torch.bfloat16, "cuda")
     grad = torch.randn(3, 37, 192, device="cuda", dtype=torch.bfloat16)
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -93,7 +114,7 @@ def test_frozen_weight_without_bias_gets_no_weight_gradient(device, scheme):
     reference = _prepared(scheme, 32, torch.bfloat16, device, bias=False)
     reference[0].weight.requires_grad_(False)
     fused = copy.deepcopy(reference)
-    use_fused(fused)
+    _use_fused(fused)
     x = _inputs(torch.bfloat16, device)
     grad = torch.randn(3, 37, 192, device=device, dtype=torch.bfloat16)
     ours, theirs = _run(fused, x, grad), _run(reference, x, grad)
@@ -142,10 +163,38 @@ def test_quantizers_outside_the_fused_numerics_stay_with_torchao():
 
 def test_fused_linears_strip_back_to_plain_linears():
     model = _prepared("8da4w", 32, torch.float32, "cpu")
-    use_fused(model)
+    assert _use_fused(model) == (1, 0)
     weight = model[0].weight
     strip_fake_quant(model)
     assert type(model[0]) is torch.nn.Linear and model[0].weight is weight
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-bf16-cpu", "torchao-bf16-cpu"])
+def test_bf16_training_fake_quantizes_to_the_codes_convert_ships(fused):
+    """A bf16 run's fake-quantized weights (linear and int4 embedding) are exactly the dequantized weights
+    that convert makes of the bf16 checkpoint loaded in fp32; torchao's bf16 quantizer is not."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(128, 256), torch.nn.Linear(256, 192)).to(torch.bfloat16)
+    with torch.no_grad():  # a trained-looking spread of magnitudes
+        for p in model.parameters():
+            p.mul_(torch.rand_like(p) * 4)
+    quant = QuantConfig(scheme="8da4w", group_size=32, embedding_bits=4)
+    deployed = copy.deepcopy(model).float()
+    prepare_qat(model, quant, fused=fused)
+    assert (type(model[1]) is FusedFakeQuantizedLinear) == fused
+    prepare_qat(deployed, quant)
+    convert_qat(deployed, quant)
+    trained = {"embedding": model[0].weight_fake_quantizer(model[0].weight),
+               "linear": model[1]._fake_quantized_weight() if fused else model[1].weight_fake_quantizer(model[1].weight)}
+    shipped = {"embedding": deployed[0].weight.dequantize(), "linear": deployed[1].weight.dequantize()}
+    for name in trained:
+        assert trained[name].dtype == torch.bfloat16
+        differing = (trained[name].float() != shipped[name].to(torch.bfloat16).float()).float().mean().item()
+        assert differing == 0, f"{name}: {differing:.3%} of the weights train another value than they ship"
+    torchao_bf16 = copy.deepcopy(model[1].weight_fake_quantizer)
+    torchao_bf16.__class__ = IntxFakeQuantizer
+    differing = (torchao_bf16(model[1].weight).float() != shipped["linear"].to(torch.bfloat16).float()).float().mean()
+    assert differing > 1e-3  # what the fp32 quantizer is for: torchao's own, in bf16, trains other codes
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="already the interpreter run")
@@ -158,7 +207,7 @@ def test_triton_kernels_match_torchao_in_the_interpreter():
     result = subprocess.run(command, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stdout[-3000:]
-    expected = 10 + 2 * (len(DEVICES) - 1)  # the frozen-weight cases run on CUDA too where there is one
+    expected = 12 + 2 * (len(DEVICES) - 1)  # the frozen-weight cases run on CUDA too where there is one
     assert f"{expected} passed" in result.stdout.splitlines()[-1], result.stdout[-500:]
 
 
@@ -171,7 +220,7 @@ def test_kernels_ran():
 def test_weight_is_fake_quantized_once_per_optimizer_step(fused_adamw):
     """Fused AdamW (the Trainer's default on CUDA) updates weights without bumping their version counter."""
     model = _prepared("8da4w", 32, torch.float32, "cpu")
-    use_fused(model)
+    _use_fused(model)
     linear = model[0]
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused_adamw)
     x = _inputs(torch.float32, "cpu")

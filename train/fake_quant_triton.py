@@ -1,9 +1,10 @@
 """Triton kernels for the fused fake-quantized linear in bf16 on CUDA: one launch per fake quantization.
 
-Each kernel redoes torchao's eager bf16 arithmetic (fused_fake_quant.py spells it out op by op) in
-registers: every intermediate is rounded to bf16 where eager rounds an op's result, divisions by a
-Python number multiply by its fp32 reciprocal as ATen's CUDA kernels do, and tensor divisions round
-correctly (``div_rn``). The per-token kernel also runs the backward: from the input and the gradient of
+Each kernel redoes the eager arithmetic of fused_fake_quant.py (which spells it out op by op) in
+registers. The activation's is torchao's bf16 arithmetic: every intermediate is rounded to bf16 where
+eager rounds an op's result, divisions by a Python number multiply by its fp32 reciprocal as ATen's CUDA
+kernels do, and tensor divisions round correctly (``div_rn``). The weight's is fp32, as convert computes
+it. The per-token kernel also runs the backward: from the input and the gradient of
 its fake-quantized copy it writes the input's gradient and, in the same pass, the copy itself (which the
 weight's gradient needs), so the backward of a linear reads its input once.
 
@@ -15,6 +16,7 @@ hundreds of microseconds of host time per call and the step became host-bound (m
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import torch
@@ -23,6 +25,9 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 MAX_ROW = 16384  # longest row (in_features, or a per-channel group) one program holds in registers
+# Triton's interpreter (TRITON_INTERPRET=1, read once when Triton starts) runs the kernels on the host, for
+# CPU tensors and CUDA ones alike; the tests use it.
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -89,9 +94,11 @@ def _per_token_kernel(x_ptr, grad_ptr, fq_ptr, grad_x_ptr, K,
 
 @triton.jit
 def _per_group_kernel(w_ptr, grad_ptr, out_ptr, n_groups, G,
-                      QMIN: tl.constexpr, QMAX: tl.constexpr, INV_HALF_RANGE: tl.constexpr, EPS: tl.constexpr,
+                      QMIN: tl.constexpr, QMAX: tl.constexpr, HALF_RANGE: tl.constexpr, EPS: tl.constexpr,
                       BLOCK_GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, BACKWARD: tl.constexpr,
-                      FP32_INVERSE: tl.constexpr, INTERPRET: tl.constexpr):
+                      INTERPRET: tl.constexpr):
+    # In fp32 throughout, as convert computes the codes on the CPU (fused_fake_quant.fake_quant_per_group):
+    # correctly rounded divisions, products not contracted into anything.
     groups = tl.program_id(0) * BLOCK_GROUPS + tl.arange(0, BLOCK_GROUPS)[:, None]
     cols = tl.arange(0, BLOCK_G)[None, :]
     valid = (groups < n_groups) & (cols < G)
@@ -99,13 +106,13 @@ def _per_group_kernel(w_ptr, grad_ptr, out_ptr, n_groups, G,
     w = tl.load(w_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
     min_neg = tl.minimum(tl.min(tl.where(valid, w, float("inf")), axis=1), 0.0)[:, None]
     max_pos = tl.maximum(tl.max(tl.where(valid, w, float("-inf")), axis=1), 0.0)[:, None]
-    scale = tl.maximum(_bf16(tl.maximum(-min_neg, max_pos) * INV_HALF_RANGE), EPS)
-    inverse = _inverse(scale, FP32_INVERSE)
-    unclamped = _rint(_product(w, inverse, FP32_INVERSE), INTERPRET)
+    scale = tl.maximum(tl.div_rn(tl.maximum(-min_neg, max_pos), HALF_RANGE), EPS)
+    inverse = tl.div_rn(1.0, scale)
+    unclamped = _rint(w * inverse, INTERPRET)
     if BACKWARD:
         grad = tl.load(grad_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
         in_range = (unclamped >= QMIN) & (unclamped <= QMAX)
-        out = tl.where(in_range, _bf16(grad * scale), 0.0) * inverse
+        out = tl.where(in_range, grad * scale, 0.0) * inverse
     else:
         out = tl.minimum(tl.maximum(unclamped, QMIN), QMAX) * scale
     tl.store(out_ptr + offsets, _bf16(out).to(tl.bfloat16), mask=valid)
@@ -129,7 +136,7 @@ class _Launcher:
     def __call__(self, grid: int, args: tuple, key: tuple, constexprs, num_warps: int) -> None:
         """``constexprs()`` gives the kernel's constexpr arguments; it is only called to compile."""
         first = args[0]
-        if not first.is_cuda:  # Triton's interpreter (tests on CPU)
+        if _INTERPRETING or not first.is_cuda:  # Triton's interpreter (the tests)
             self.kernel[(grid,)](*args, **constexprs(), num_warps=num_warps)
             return
         device = first.get_device()
@@ -163,6 +170,7 @@ def _fp32_reciprocal(divisor: float) -> float:
 
 
 _EPS = float(torch.finfo(torch.bfloat16).smallest_normal)
+_FP32_EPS = float(torch.finfo(torch.float32).smallest_normal)
 _per_token_launcher = _Launcher(_per_token_kernel)
 _per_group_launcher = _Launcher(_per_group_kernel)
 
@@ -187,14 +195,13 @@ def per_token(x2d: torch.Tensor, qmin: int, qmax: int, grad: torch.Tensor | None
         rows, (x2d, grad if grad is not None else x2d, fq, grad_x, k), (k, qmin, qmax, want_fq, grad is not None, fp32_inverse),
         lambda: dict(QMIN=qmin, QMAX=qmax, INV_RANGE=_fp32_reciprocal(qmax - qmin), EPS=_EPS, BLOCK=block,
                      WRITE_FQ=want_fq, WRITE_GRAD=grad is not None, FP32_INVERSE=fp32_inverse,
-                     INTERPRET=not x2d.is_cuda),
+                     INTERPRET=_INTERPRETING or not x2d.is_cuda),
         _warps(block),
     )
     return (fq if want_fq else None), (grad_x if grad is not None else None)
 
 
-def per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torch.Tensor | None = None,
-              fp32_inverse: bool = False):
+def per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torch.Tensor | None = None):
     """The fake-quantized weight, or (with ``grad``, the gradient of that) the weight's gradient."""
     w = w.contiguous()
     n_groups = w.numel() // group_size
@@ -203,10 +210,10 @@ def per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torc
     out = torch.empty_like(w)
     _per_group_launcher(
         triton.cdiv(n_groups, block_groups), (w, grad if grad is not None else w, out, n_groups, group_size),
-        (n_groups, group_size, qmin, qmax, grad is not None, fp32_inverse),
-        lambda: dict(QMIN=qmin, QMAX=qmax, INV_HALF_RANGE=_fp32_reciprocal((qmax - qmin) / 2), EPS=_EPS,
+        (n_groups, group_size, qmin, qmax, grad is not None),
+        lambda: dict(QMIN=qmin, QMAX=qmax, HALF_RANGE=float(qmax - qmin) / 2, EPS=_FP32_EPS,
                      BLOCK_GROUPS=block_groups, BLOCK_G=block_g, BACKWARD=grad is not None,
-                     FP32_INVERSE=fp32_inverse, INTERPRET=not w.is_cuda),
+                     INTERPRET=_INTERPRETING or not w.is_cuda),
         _warps(block_groups * block_g),
     )
     return out

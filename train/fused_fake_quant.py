@@ -17,6 +17,11 @@ memory. torchao holds the same copy through each step (F.linear saves it for the
 In bf16 on CUDA each fake quantization is one Triton kernel (fake_quant_triton.py); elsewhere the
 functions below run eagerly and match torchao bit for bit. A linear whose quantizers this does not
 cover (range learning, float scales, other granularities) keeps torchao's module.
+
+One deliberate difference from torchao: the weight is fake-quantized in fp32 whatever its dtype, with
+the arithmetic of ``convert`` (torchao on the CPU, on the checkpoint loaded in fp32), so that a bf16 run
+trains the integer codes that ship. torchao's bf16 fake quantizer computes its scales in bf16 and gives
+0.7-1.0 % of a model's weights another code than convert does (weight_fake_quant.py).
 """
 
 from __future__ import annotations
@@ -49,12 +54,16 @@ def per_token_qparams(x: torch.Tensor, qmin: int, qmax: int) -> tuple[torch.Tens
 
 
 def per_group_scale(w: torch.Tensor, group_size: int, qmin: int, qmax: int) -> torch.Tensor:
-    """Symmetric scale per group of ``group_size`` inputs, shape (out, in / group, 1): get_group_qparams_symmetric."""
-    groups = w.view(w.shape[0], -1, group_size)
+    """Symmetric fp32 scale per group of ``group_size`` inputs, shape (out, in / group, 1), as convert's
+    get_group_qparams_symmetric computes it on the CPU from the fp32 weight."""
+    groups = w.float().view(w.shape[0], -1, group_size)
     min_neg = torch.clamp(groups.amin(dim=-1, keepdim=True), max=0)
     max_pos = torch.clamp(groups.amax(dim=-1, keepdim=True), min=0)
     max_abs = torch.maximum(-min_neg, max_pos)
-    return torch.clamp(max_abs / (float(qmax - qmin) / 2), min=torch.finfo(w.dtype).smallest_normal)
+    # Divided by a tensor: CUDA divides by a Python number through its reciprocal, which can land one ulp
+    # away from the CPU's correctly rounded division, and then a weight on a rounding boundary flips code.
+    half_range = max_abs.new_tensor(float(qmax - qmin) / 2)
+    return torch.clamp(max_abs / half_range, min=torch.finfo(torch.float32).smallest_normal)
 
 
 def _quantize(x, scale, zero_point, qmin, qmax):
@@ -86,16 +95,17 @@ def fake_quant_per_token_backward(x: torch.Tensor, grad: torch.Tensor, qmin: int
 
 
 def fake_quant_per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int) -> torch.Tensor:
+    """The weight's fake-quantized copy in its own dtype, computed in fp32 (the codes convert gives it)."""
     scale = per_group_scale(w, group_size, qmin, qmax)
-    groups = w.view(w.shape[0], -1, group_size)
-    return _quantize(groups, scale, None, qmin, qmax)[0].view(w.shape)
+    groups = w.float().view(w.shape[0], -1, group_size)
+    return _quantize(groups, scale, None, qmin, qmax)[0].view(w.shape).to(w.dtype)
 
 
 def fake_quant_per_group_backward(w: torch.Tensor, grad: torch.Tensor, group_size: int, qmin: int, qmax: int) -> torch.Tensor:
     scale = per_group_scale(w, group_size, qmin, qmax)
-    groups = w.view(w.shape[0], -1, group_size)
+    groups = w.float().view(w.shape[0], -1, group_size)
     _, in_range, inverse = _quantize(groups, scale, None, qmin, qmax)
-    return _straight_through(grad.view(groups.shape), scale, in_range, inverse).view(w.shape)
+    return _straight_through(grad.float().view(groups.shape), scale, in_range, inverse).view(w.shape).to(grad.dtype)
 
 
 # ---- the linear: Triton kernels for bf16 on CUDA, the functions above elsewhere -----------------------------
@@ -130,7 +140,7 @@ def fake_quantized_weight(weight: torch.Tensor, spec: FusedSpec) -> torch.Tensor
     with torch.no_grad():
         if kernels is None:
             return fake_quant_per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
-        return kernels.per_group(weight.detach(), spec.group_size, *spec.weight_bounds, fp32_inverse=fp32_inverse(weight))
+        return kernels.per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
 
 
 def fake_quantized_input(x2d, spec: FusedSpec, kernels, autocast: bool):
@@ -175,7 +185,7 @@ def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: boo
         if kernels is None:
             grad_w = fake_quant_per_group_backward(weight, grad_fq_w, spec.group_size, *spec.weight_bounds)
         else:
-            grad_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds, grad=grad_fq_w, fp32_inverse=autocast)
+            grad_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds, grad=grad_fq_w)
     if need_bias:
         grad_b = grad2d.sum(0)
     return grad_x, grad_w, grad_b

@@ -11,7 +11,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from edgeqat.train.fake_quant_delay import fake_quant_enabled
-from edgeqat.train.fused_fake_quant import FusedSpec, fake_quantized_weight, fp32_inverse, fused_fake_quantized_linear
+from edgeqat.train.fused_fake_quant import FusedSpec, fake_quantized_weight, fused_fake_quantized_linear
 
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
 # Optimizer steps so far, of any optimizer. Fused optimizers (AdamW(fused=True), the Trainer's default on
@@ -38,7 +38,9 @@ def _is_plain_dynamic_intx(quantizer) -> bool:
     from torchao.quantization.qat import IntxFakeQuantizer
     from torchao.quantization.quant_primitives import _DTYPE_TO_QVALUE_BOUNDS, ZeroPointDomain
 
-    if type(quantizer) is not IntxFakeQuantizer:
+    from edgeqat.train.weight_fake_quant import WeightFakeQuantizer
+
+    if type(quantizer) not in (IntxFakeQuantizer, WeightFakeQuantizer):
         return False
     c = quantizer.config
     return (
@@ -88,7 +90,7 @@ class FusedFakeQuantizedLinear(_fake_quantized_linear_class()):
     def _fake_quantized_weight(self) -> torch.Tensor:
         """Made again only when the weight may have changed: an optimizer step, or any in-place change."""
         w = self.weight
-        key = (_optimizer_steps[0], w._version, w.data_ptr(), w.dtype, w.device, fp32_inverse(w))
+        key = (_optimizer_steps[0], w._version, w.data_ptr(), w.dtype, w.device)
         if getattr(self, "_fq_weight_key", None) != key:
             self._fq_weight = fake_quantized_weight(w, self.fused_spec)
             self._fq_weight_key = key

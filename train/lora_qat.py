@@ -23,7 +23,6 @@ from edgeqat.train.fake_quant_delay import fake_quant_enabled
 from edgeqat.train.fused_fake_quant import (
     FusedSpec,
     fake_quantized_weight,
-    fp32_inverse,
     input_backward,
     linear_forward,
 )
@@ -112,7 +111,7 @@ class MergedLoraFakeQuantizedLinear(_lora_linear_class()):
         """fq(merged), made again only when W, A or B may have changed (an optimizer step or an in-place edit)."""
         adapter = self._adapter()
         tensors = (self.get_base_layer().weight, self.lora_A[adapter].weight, self.lora_B[adapter].weight)
-        key = (_optimizer_steps[0], *((t._version, t.data_ptr()) for t in tensors), fp32_inverse(tensors[0]))
+        key = (_optimizer_steps[0], *((t._version, t.data_ptr()) for t in tensors))
         if getattr(self, "_fq_merged_key", None) != key:
             with torch.no_grad():
                 self._fq_merged_weight = fake_quantized_weight(self.merged_weight(), self.merged_spec)

@@ -83,10 +83,14 @@ def wants_fused(kernels: str, device: torch.device) -> bool:
 def prepare_qat(
     model: torch.nn.Module, quant: QuantConfig, warn: Callable[[str], None] = log.warning, fused: bool = False
 ) -> None:
-    """Inserts torchao fake quantizers (QATConfig step="prepare") in place; ``fused`` swaps in the fused
-    fake-quantized linears (same numerics, see fused_fake_quant.py) wherever they apply."""
+    """Inserts torchao fake quantizers (QATConfig step="prepare") in place, their weights fake-quantized in fp32
+    (weight_fake_quant.py); ``fused`` swaps in the fused fake-quantized linears (same numerics, see
+    fused_fake_quant.py) wherever they apply."""
     # range learning is the linears' (the embedding's scales stay per-step absmax)
     _apply(model, quant, schemes.qat_prepare_config, warn, range_learning=quant.range_learning)
+    from edgeqat.train.weight_fake_quant import use_fp32_weight_quantizers
+
+    use_fp32_weight_quantizers(model)  # the codes convert ships, in a bf16 run too
     if fused:
         from edgeqat.train.fused_linear import use_fused
 
