@@ -188,7 +188,8 @@ def check(
     report = {
         "report_version": REPORT_VERSION,
         "passed": passed,
-        "bundle": str(bundle_dir.resolve()),
+        # Relative to the report folder, as the bundle's own paths are: no path of this machine in the artifact.
+        "bundle": os.path.relpath(bundle_dir.resolve(), report_dir.resolve()),
         "manifest_sha256": manifest_sha,
         "program_sha256": program_sha,
         "pte_bytes": (bundle_dir / manifest["program"]).stat().st_size,
@@ -196,7 +197,7 @@ def check(
         "model": _model_facts(manifest, model.config),
         "host": _host(config.threads),
         "eval": {"windows": len(windows), "tokens_per_window": len(windows[0]), "dataset": config.eval_dataset},
-        "references": [r.describe() for r in references],
+        "references": [r.describe(report_dir) for r in references],
         "references_skipped": skipped,
         "comparisons": comparisons,
         "perplexity": {"pte": pte_ppl},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +29,13 @@ class Reference:
     model: torch.nn.Module
     _decoders: dict = field(default_factory=dict, repr=False)
 
-    def describe(self) -> dict:
+    def describe(self, report_dir: Path) -> dict:
+        """What the report says of it; a local folder as a path relative to ``report_dir`` (no machine path)."""
         dtype = next(self.model.parameters()).dtype
+        path = Path(self.path)
+        where = os.path.relpath(path.resolve(), Path(report_dir).resolve()) if path.exists() else str(self.path)
         return {"name": self.name, "kind": self.kind, "device": self.device.type,
-                "dtype": str(dtype).removeprefix("torch."), "path": str(self.path)}
+                "dtype": str(dtype).removeprefix("torch."), "path": where}
 
     def logits(self, window: torch.Tensor) -> torch.Tensor:
         """[T, V] float32 logits on the CPU for a 1-D window of token ids (no KV cache)."""

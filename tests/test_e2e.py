@@ -41,13 +41,15 @@ def test_run_leaves_a_bundle_whose_pte_matches_eager(default_run: Path):
     assert set(export["seconds"]) == {"golden_outputs", "torch_export", "lowering", "serialization"}
     assert manifest["model"]["max_seq_len"] == 64
     # Portable artifacts: no path of the machine that made them (the check finds its references relatively).
-    for artifact in (default_run / "bundle" / "manifest.json", default_run / "converted" / "edgeqat.json"):
+    for artifact in (default_run / "bundle" / "manifest.json", default_run / "converted" / "edgeqat.json",
+                     default_run / "report" / "report.json"):
         assert str(default_run.resolve()) not in artifact.read_text(), artifact
     assert manifest["source"]["converted"] == "../converted"
     assert len(manifest["golden"]) == 3 and all(len(g["generated_ids"]) == 24 for g in manifest["golden"])
 
     report = json.loads((default_run / "report" / "report.json").read_text())
     validate_report(report)  # the documented schema (docs/check_report.md)
+    assert report["bundle"] == "../bundle"
     assert report["passed"], report["gates"]
     eager = report["comparisons"]["eager converted (cpu)"]
     assert eager["cosine_mean"] > 0.99 and eager["top5_agreement"] > 0.9 and eager["kl_mean"] < 0.01
