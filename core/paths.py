@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from edgeqat.errors import EdgeqatError
@@ -59,3 +60,20 @@ def local_path(name: str) -> Path | None:
         return None
     path = Path(name).expanduser()
     return path if path.exists() else None
+
+
+def portable_name(name: str | None, artifact_dir: str | Path) -> str | None:
+    """How an artifact records a model or dataset it was made from: a local path relative to the artifact's
+    folder (an artifact holds no path of the machine that made it), a hub id or "default" as given."""
+    path = local_path(name) if name else None
+    return os.path.relpath(path.resolve(), Path(artifact_dir).resolve()) if path is not None else name
+
+
+def portable_config(config: dict, artifact_dir: str | Path) -> dict:
+    """A run config as a dict (config.to_dict), with its local paths made relative to ``artifact_dir``."""
+    out = {**config, "train": dict(config["train"]), "check": dict(config["check"])}
+    out["output_dir"] = os.path.relpath(Path(config["output_dir"]).resolve(), Path(artifact_dir).resolve())
+    for key in ("model", "dataset", "teacher"):
+        out["train"][key] = portable_name(config["train"][key], artifact_dir)
+    out["check"]["eval_dataset"] = portable_name(config["check"]["eval_dataset"], artifact_dir)
+    return out

@@ -89,7 +89,7 @@ def _run_stages(config: RunConfig, dirs: dict[str, Path], resume: bool) -> dict:
         work()
         timings[name] = time.perf_counter() - start
 
-    stage("checkpoint", is_valid_artifact(dirs["checkpoint"], "train", stage_config(config)),
+    stage("checkpoint", is_valid_artifact(dirs["checkpoint"], "train", stage_config(config, dirs["checkpoint"])),
           lambda: train(config, dirs["checkpoint"], resume))
     ckpt = read_record(dirs["checkpoint"])
     stage("converted", is_valid_artifact(dirs["converted"], "convert", converted_config(ckpt, ckpt["mode"])),

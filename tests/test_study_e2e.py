@@ -26,6 +26,9 @@ def test_study_trains_quantizes_evaluates_and_reports(tmp_path: Path, capsys):
 
     report = json.loads((out / "study" / "study.json").read_text())
     assert report["format"] == "edgeqat-study" and set(report["arms"]) == {"bf16", "ptq", "qat"}
+    for artifact in ("study/study.json", "study/edgeqat.json", "qat-checkpoint/edgeqat.json", "qat-converted/edgeqat.json"):
+        assert str(tmp_path.resolve()) not in (out / artifact).read_text(), artifact  # no path of this machine
+    assert report["arms"]["qat"]["folder"] == "../qat-converted" and report["config"]["output_dir"] == ".."
     ppl = {arm: a["held_out"]["perplexity"] for arm, a in report["arms"].items()}
     assert all(1 < p < 1000 for p in ppl.values())
     assert ppl["ptq"] != ppl["bf16"], "PTQ must change the model"

@@ -22,7 +22,7 @@ from edgeqat.artifacts import atomic_dir, read_record, write_record, write_text_
 from edgeqat.config import RunConfig, group_size_of, to_dict
 from edgeqat.errors import EdgeqatError
 from edgeqat.ownership import RECORD, check_output
-from edgeqat.paths import DEFAULT_TRAIN_DATA, local_path
+from edgeqat.paths import DEFAULT_TRAIN_DATA, local_path, portable_name
 from edgeqat.train.checkpointing import (
     MarkCompleteCheckpoints,
     barrier,
@@ -65,10 +65,14 @@ log = logging.getLogger("edgeqat")
 STAGE = "train"
 
 
-def stage_config(config: RunConfig) -> dict:
+def stage_config(config: RunConfig, checkpoint_dir: str | Path) -> dict:
     """The part of the run config this stage's output depends on (with a distillation teacher that is an
-    edgeqat artifact, its files: a retrained teacher makes a different student)."""
-    stage = {"train": to_dict(config.train), "quant": to_dict(config.quant)}
+    edgeqat artifact, its files: a retrained teacher makes a different student); local model, dataset and
+    teacher paths relative to the checkpoint's folder, as it records them."""
+    train = to_dict(config.train)
+    for key in ("model", "dataset", "teacher"):
+        train[key] = portable_name(train[key], checkpoint_dir)
+    stage = {"train": train, "quant": to_dict(config.quant)}
     teacher = local_path(teacher_name(config.train)) if config.train.distill_weight else None
     if teacher is not None and (teacher / RECORD).is_file():
         stage["teacher_files"] = read_record(teacher).get("files")
@@ -169,7 +173,7 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
     progress = progress_dir(output_dir)
     args = _sft_config(config, progress, device, dtype)
     _ = args.device  # sets up the process group under torchrun/accelerate, so that barrier() below synchronizes
-    resume_from = start_progress(output_dir, stage_config(config), resume, main)
+    resume_from = start_progress(output_dir, stage_config(config, output_dir), resume, main)
     try:
         barrier()
         return _train(config, output_dir, args, dataset, tokenizer, device=device, dtype=dtype,
@@ -268,7 +272,7 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
             write_record(
                 tmp,
                 STAGE,
-                stage_config(config),
+                stage_config(config, output_dir),
                 mode=tc.mode,
                 scheme=config.quant.scheme,
                 group_size=group_size_of(config.quant),

@@ -155,7 +155,7 @@ def study(config: RunConfig, resume: bool = False) -> dict:
     check_evaluation_cache(dirs["evaluations"], arms_of(config))
     for arm in ("bf16", *qat_arms):  # the baseline first: it is the distilling arms' teacher
         mode_config, folder = arm_config(config, arm, dirs["bf16-checkpoint"]), dirs[f"{arm}-checkpoint"]
-        if is_valid_artifact(folder, "train", stage_config(mode_config)):
+        if is_valid_artifact(folder, "train", stage_config(mode_config, folder)):
             log.info("[train %s] up to date: %s", arm, folder)
         else:
             log.info("[train %s] -> %s", arm, folder)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from edgeqat.artifacts import atomic_dir, versions, write_json_atomic, write_record, write_text_atomic
 from edgeqat.config import RunConfig, group_size_of, to_dict
+from edgeqat.paths import portable_config, portable_name
 
 log = logging.getLogger("edgeqat")
 FORMAT, FORMAT_VERSION = "edgeqat-study", 2  # 2: any QAT arms (study.arms), recovery_by_arm
@@ -49,12 +51,13 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
     """``evaluations``: bf16, ptq and each QAT arm; ``training``: the train records of bf16 and each QAT arm.
     ``recovery`` and ``qat_step_time_ratio`` are the first QAT arm's; ``recovery_by_arm`` has every arm's."""
     ppl = {arm: evaluations[arm]["held_out"]["perplexity"] for arm in evaluations}
+    study_dir = Path(config.output_dir) / "study"  # where the report is written
     bf16_s = training["bf16"].get("step_seconds")
     arms, recoveries = {}, {}
     for arm in evaluations:
         trained = training["bf16" if arm == "ptq" else arm]  # PTQ is the bf16 fine-tune, quantized after training
         arms[arm] = {
-            "folder": folders[arm],
+            "folder": os.path.relpath(Path(folders[arm]).resolve(), study_dir.resolve()),  # e.g. ../qat-converted
             "trained_as": trained["mode"],
             **{k: trained.get(k) for k in TRAINING_FIELDS},
             **evaluations[arm],
@@ -68,9 +71,10 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": config.train.model,
-        "dataset": config.train.dataset,
-        "eval_dataset": config.check.eval_dataset,
+        # Local paths relative to the study folder (OUT/study), as every artifact records them.
+        "model": portable_name(config.train.model, study_dir),
+        "dataset": portable_name(config.train.dataset, study_dir),
+        "eval_dataset": portable_name(config.check.eval_dataset, study_dir),
         "scheme": config.quant.scheme,
         "group_size": group_size_of(config.quant),
         "fine_tuning": f"LoRA r{config.train.lora_rank}" if config.train.lora_rank else "full",
@@ -78,7 +82,7 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
         "recovery": recoveries[first],
         "recovery_by_arm": recoveries,
         "qat_step_time_ratio": arms[first]["step_time_ratio"],
-        "config": to_dict(config),
+        "config": portable_config(to_dict(config), study_dir),
         "versions": versions(),
     }
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from edgeqat.artifacts import atomic_dir, versions, write_json_atomic, write_record, write_text_atomic
 from edgeqat.config import RunConfig, to_dict
 from edgeqat.ownership import check_output
+from edgeqat.paths import portable_config
 from edgeqat.train.model_loading import is_main_process
 from edgeqat.train.study import study
 from edgeqat.train.study_report import ARM_LABELS, STUDY_JSON, STUDY_MD
@@ -53,7 +54,7 @@ def summarize_seeds(config: RunConfig, reports: dict[int, dict]) -> dict:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "seeds": list(reports),
             **{k: first[k] for k in ("model", "dataset", "eval_dataset", "scheme", "group_size", "fine_tuning")},
             "arms": arms, "studies": {str(seed): f"seed-{seed}" for seed in reports},  # relative to the output folder
-            "config": to_dict(config), "versions": versions()}
+            "config": portable_config(to_dict(config), Path(config.output_dir) / "study"), "versions": versions()}
 
 
 def _pct(value: float | None) -> str:
