@@ -75,4 +75,4 @@ def lower_to_xnnpack(program: torch.export.ExportedProgram, metadata: dict, shor
     linear_left = sum(c for op, c in undelegated.items() if op.startswith(LINEAR_OPS))
     return Lowered(shared.program, delegated, dict(undelegated), linear_left,
                    {"lowering": round(lowered - start, 2), "serialization": round(done - lowered, 2)},
-                   shared.bytes_saved)
+                   shared.bytes_stored_once)

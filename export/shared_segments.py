@@ -22,9 +22,9 @@ MIN_SHARED_BYTES = 4096
 @dataclass
 class Shared:
     program: bytes
-    bytes_saved: int
+    bytes_saved: int  # the file's shrinkage: the dropped copies and the alignment padding that went with them
     segments_shared: int
-
+    bytes_stored_once: int = 0  # the dropped copies alone: data the program now reads from a constant
 
 def _constant_starts(program, constant_offset: int, constant_size: int) -> list[tuple[int, int]]:
     """(start, room) of each constant in the constant segment, relative to the segment base."""
@@ -102,4 +102,4 @@ def store_repeated_data_once(pte: bytes) -> Shared:
     program_data = _insert_flatbuffer_header(
         flatbuffer.data, r"ET[0-9a-zA-Z][0-9a-zA-Z]", pad_to(new_header.to_bytes(), header_length))
     result = b"".join([program_data, b"\0" * (base - len(program_data)), *out])
-    return Shared(result, len(pte) - len(result), len(aliases))
+    return Shared(result, len(pte) - len(result), len(aliases), sum(segments[i].size for i in aliases))

@@ -115,7 +115,7 @@ def decode_bytes_per_token(
             f"the embedding table ({table} bytes) is not smaller than the .pte data ({pte_bytes} bytes): "
             "the model config does not describe this program"
         )
-    if not 0 <= bytes_stored_once < table:
+    if not 0 <= bytes_stored_once <= table:  # all of it for a float table (no scales of its own)
         raise EdgeqatError(f"bytes_stored_once {bytes_stored_once} is not part of the embedding table ({table} bytes)")
     return DecodeBytes(pte_bytes, table - bytes_stored_once, row, kv_cache, context_tokens)
 

@@ -17,7 +17,7 @@ from edgeqat.artifacts import read_record
 from edgeqat.train.checkpointing import COMPLETE, progress_dir
 
 pytestmark = pytest.mark.e2e
-TRAIN = ["train", "--max-steps", "6", "--save-steps", "2", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
+TRAIN = ["train", "--max-steps", "8", "--save-steps", "2", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
 
 
 def _train(output: Path, *extra: str, kill_after_checkpoint: int | None = None, delay: float = 0.0) -> int:
@@ -42,7 +42,9 @@ def test_killed_training_resumes_to_the_same_final_loss(tmp_path: Path):
 
     resumed = tmp_path / "killed"
     rng = random.Random(0)
-    code = _train(resumed, kill_after_checkpoint=2, delay=rng.uniform(0.0, 0.6))
+    # At most 0.25 s in: the six steps and three saves still to come take longer even on a fast host (with
+    # up to 0.6 s, one run here was killed after its final folder was in place, as it exited).
+    code = _train(resumed, kill_after_checkpoint=2, delay=rng.uniform(0.0, 0.25))
     assert code == -signal.SIGKILL
     assert not resumed.exists(), "a killed training must not leave a final checkpoint folder"
     progress = progress_dir(resumed)
