@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -85,3 +87,32 @@ def test_onnx_speed_times_both_programs_of_a_bundle(made, tmp_path: Path):
     assert set(data["agreement"]) == {"1", "4"} and data["agreement"]["4"]["cosine_mean"] > 0.99
     (row,) = data["table"]
     assert row["threads"] == 1 and row["pte_decode"] > 0 and row["onnx_level1_decode"] > 0 and row["onnx_level4_decode"] > 0
+
+
+def test_quant_error_budget_parts_add_up_to_real_ptq(tmp_path: Path):
+    """All parts on is the PTQ model (real torchao quantization) to within float rounding; each part is listed."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeqat.config import QuantConfig
+    from edgeqat.paths import ASSETS, DEFAULT_EVAL_DATA
+    from edgeqat.train.data import token_windows
+    from edgeqat.train.evaluate import perplexity
+    from edgeqat.train.quantize import quantize_ptq
+
+    out, model_dir = tmp_path / "budget.json", ASSETS / "default_model"
+    command = [sys.executable, str(BENCHMARKS / "quant_error_budget.py"), str(model_dir), "--windows", "2",
+               "--length", "64", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (budget,) = json.loads(out.read_text())["results"]
+    assert set(budget["parts"]) == {"embedding", "head weight", "head input", "linear weights", "linear inputs"}
+    assert "| linear weights |" in result.stdout
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    windows = token_windows(AutoTokenizer.from_pretrained(model_dir), "default", DEFAULT_EVAL_DATA, 2, 64)
+    assert budget["float_perplexity"] == pytest.approx(perplexity(model, windows, torch.device("cpu"))["perplexity"])
+    quantize_ptq(model, QuantConfig(scheme="8da4w", embedding_bits=4))
+    ptq = perplexity(model, windows, torch.device("cpu"))["perplexity"]
+    assert budget["quantized_perplexity"] == pytest.approx(ptq, rel=1e-4)
+    assert budget["quantized_perplexity"] != pytest.approx(budget["float_perplexity"], rel=1e-4)

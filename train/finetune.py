@@ -36,6 +36,7 @@ from edgeqat.train.checkpointing import (
 from edgeqat.train.data import load_text_dataset
 from edgeqat.train.distillation import check_teacher, distilling_trainer_class
 from edgeqat.train.fake_quant_delay import FakeQuantAfterSteps
+from edgeqat.train.fused_head_qat import fake_quantize_fused_head
 from edgeqat.train.host_overhead import calling_thread_backward
 from edgeqat.train.lora_qat import use_merged_lora_qat
 from edgeqat.train.memory_estimate import GIB, check_fits
@@ -228,6 +229,8 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
         optimizers=optimizers,
     )
     quiet_trainer_output(trainer)
+    if tc.mode == "qat":  # TRL's fused LM head reads the output layer's weight itself (train/fused_head_qat.py)
+        fake_quantize_fused_head(model.get_base_model() if tc.lora_rank else model)
     if teacher_model is not None:
         trainer.teacher, trainer.distill_weight, trainer.distill_temperature = teacher_model, tc.distill_weight, tc.distill_temperature
         if main:
