@@ -175,6 +175,16 @@ def test_lora_with_qat_and_per_channel_8da8w_ptq(tmp_path: Path):
     assert main(["check", str(ptq / "bundle"), "--output", str(ptq / "report")]) == 0
 
 
+def test_the_bf16_reference_exports_and_checks(tmp_path: Path):
+    """The float program: its tied fp32 table is stored once, and the check's device estimate accepts that."""
+    out = tmp_path / "bf16"
+    assert main(["run", "--mode", "bf16", "--output", str(out), "--max-steps", "2", "--max-seq-len", "48"]) == 0
+    manifest = load_bundle(out / "bundle")
+    assert manifest["quantization"]["mode"] == "bf16"
+    assert manifest["export"]["bytes_stored_once"] == 2048 * 256 * 4  # the default model's fp32 table
+    assert json.loads((out / "report" / "report.json").read_text())["passed"]
+
+
 def test_int4_weight_only_is_refused_at_export_with_the_reason(tmp_path: Path, capsys):
     assert main(["train", "--output", str(tmp_path / "ckpt"), "--scheme", "4w", "--max-steps", "2"]) == 0
     assert main(["convert", str(tmp_path / "ckpt"), "--output", str(tmp_path / "conv")]) == 0
