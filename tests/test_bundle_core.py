@@ -157,6 +157,21 @@ def _tamper(trace: Path, tampered: Path, golden: list[dict], max_seq_len: int) -
     (tampered / "trace.json").write_text(json.dumps(data))
 
 
+# 40 prompt tokens + 16 new fit the 64-token cache. The runner's clock counts whole milliseconds, and the golden
+# prompt alone (5 tokens) prefilled in under one on a fast host: the Kotlin core rightly refuses a 0 ms phase.
+RUNNER_PROMPT = ("A wise son maketh a glad father: but a foolish son is the heaviness of his mother. "
+                 "Treasures of wickedness profit nothing: but righteousness delivereth from death.")
+
+
+def _runner_stats_with_durations(bundle: Path, manifest: dict, attempts: int = 5) -> str:
+    """The LLM runner's stats JSON of a real run whose prefill and decode each took at least a clock tick."""
+    for _ in range(attempts):
+        stats = json.loads(generate_with_runner(bundle, manifest, RUNNER_PROMPT, 16).stats_json)
+        if stats["prompt_eval_end_ms"] > stats["inference_start_ms"] and stats["inference_end_ms"] > stats["prompt_eval_end_ms"]:
+            return json.dumps(stats)
+    raise AssertionError(f"the runner timed a phase at 0 ms in {attempts} runs: {stats}")
+
+
 @pytest.fixture(scope="session")
 def vectors(made, tmp_path_factory) -> Path:
     """The contract's files, from the real bundle of the ``made`` session."""
@@ -174,8 +189,7 @@ def vectors(made, tmp_path_factory) -> Path:
     max_seq_len = manifest["model"]["max_seq_len"]
     _write_trace(root / "trace", manifest["golden"], max_seq_len, PteProgram(good, manifest).forward)
     _tamper(root / "trace", root / "trace_tampered", manifest["golden"], max_seq_len)
-    run = generate_with_runner(good, manifest, manifest["golden"][0]["prompt"], 16)
-    (root / "runner_stats.json").write_text(run.stats_json)
+    (root / "runner_stats.json").write_text(_runner_stats_with_durations(good, manifest))
 
     example = json.loads(EXAMPLE.read_text())
     results = root / "results_cases"
