@@ -55,10 +55,10 @@ def _quantizers(model: torch.nn.Module) -> dict[str, list]:
         if isinstance(module, FakeQuantizedEmbedding):
             parts["embedding"].append(module.weight_fake_quantizer)
         elif isinstance(module, FakeQuantizedLinear):
-            prefix = "head" if module is head else "linear"
-            parts[f"{prefix} weight" if prefix == "head" else "linear weights"].append(module.weight_fake_quantizer)
+            weight, inputs = ("head weight", "head input") if module is head else ("linear weights", "linear inputs")
+            parts[weight].append(module.weight_fake_quantizer)
             if module.activation_fake_quantizer is not None:
-                parts[f"{prefix} input" if prefix == "head" else "linear inputs"].append(module.activation_fake_quantizer)
+                parts[inputs].append(module.activation_fake_quantizer)
     return {part: quantizers for part, quantizers in parts.items() if quantizers}
 
 

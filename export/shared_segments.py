@@ -26,6 +26,7 @@ class Shared:
     segments_shared: int
     bytes_stored_once: int = 0  # the dropped copies alone: data the program now reads from a constant
 
+
 def _constant_starts(program, constant_offset: int, constant_size: int) -> list[tuple[int, int]]:
     """(start, room) of each constant in the constant segment, relative to the segment base."""
     starts = sorted(set(program.constant_segment.offsets))
