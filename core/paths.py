@@ -62,18 +62,25 @@ def local_path(name: str) -> Path | None:
     return path if path.exists() else None
 
 
+def relative_path(path: str | Path, start: str | Path) -> str:
+    """``path`` relative to the folder ``start`` (both resolved), as artifacts record the folders they point at."""
+    return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+
+
 def portable_name(name: str | None, artifact_dir: str | Path) -> str | None:
     """How an artifact records a model or dataset it was made from: a local path relative to the artifact's
     folder (an artifact holds no path of the machine that made it), a hub id or "default" as given."""
     path = local_path(name) if name else None
-    return os.path.relpath(path.resolve(), Path(artifact_dir).resolve()) if path is not None else name
+    return relative_path(path, artifact_dir) if path is not None else name
+
+
+def portable_train_config(train: dict, artifact_dir: str | Path) -> dict:
+    """A train config as a dict, with its local model, dataset and teacher paths relative to ``artifact_dir``."""
+    return {**train, **{key: portable_name(train[key], artifact_dir) for key in ("model", "dataset", "teacher")}}
 
 
 def portable_config(config: dict, artifact_dir: str | Path) -> dict:
     """A run config as a dict (config.to_dict), with its local paths made relative to ``artifact_dir``."""
-    out = {**config, "train": dict(config["train"]), "check": dict(config["check"])}
-    out["output_dir"] = os.path.relpath(Path(config["output_dir"]).resolve(), Path(artifact_dir).resolve())
-    for key in ("model", "dataset", "teacher"):
-        out["train"][key] = portable_name(config["train"][key], artifact_dir)
-    out["check"]["eval_dataset"] = portable_name(config["check"]["eval_dataset"], artifact_dir)
-    return out
+    return {**config, "output_dir": relative_path(config["output_dir"], artifact_dir),
+            "train": portable_train_config(config["train"], artifact_dir),
+            "check": {**config["check"], "eval_dataset": portable_name(config["check"]["eval_dataset"], artifact_dir)}}

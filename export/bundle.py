@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from edgeqat.generation import greedy, prompt_ids
 from edgeqat.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 from edgeqat.native_output import held_output
 from edgeqat.ownership import check_output
+from edgeqat.paths import relative_path
 from edgeqat.schemes import export_blocker, get_scheme
 from edgeqat.train.convert import load_converted, read_checked_record
 
@@ -192,7 +192,7 @@ def export_bundle(converted_dir: str | Path, bundle_dir: str | Path, export: Exp
             **({"onnx": onnx_model.section} if onnx_model is not None else {}),
             "versions": versions(),
             # Relative to the bundle: no path of this machine (a bundle moved alone needs --reference).
-            "source": {"converted": os.path.relpath(converted_dir.resolve(), bundle_dir.resolve()),
+            "source": {"converted": relative_path(converted_dir, bundle_dir),
                        "converted_files": record["files"]},
             "files": hash_files(tmp, exclude=(MANIFEST,)),
         }

@@ -22,9 +22,10 @@ MIN_SHARED_BYTES = 4096
 @dataclass
 class Shared:
     program: bytes
-    bytes_saved: int  # the file's shrinkage: the dropped copies and the alignment padding that went with them
     segments_shared: int
-    bytes_stored_once: int = 0  # the dropped copies alone: data the program now reads from a constant
+    # The dropped copies: data the program now reads from a constant (the file shrinks by this plus the
+    # alignment padding that went with them).
+    bytes_stored_once: int
 
 
 def _constant_starts(program, constant_offset: int, constant_size: int) -> list[tuple[int, int]]:
@@ -103,4 +104,4 @@ def store_repeated_data_once(pte: bytes) -> Shared:
     program_data = _insert_flatbuffer_header(
         flatbuffer.data, r"ET[0-9a-zA-Z][0-9a-zA-Z]", pad_to(new_header.to_bytes(), header_length))
     result = b"".join([program_data, b"\0" * (base - len(program_data)), *out])
-    return Shared(result, len(pte) - len(result), len(aliases), sum(segments[i].size for i in aliases))
+    return Shared(result, len(aliases), sum(segments[i].size for i in aliases))

@@ -27,7 +27,7 @@ from edgeqat.export.rope import head_dim_of
 from edgeqat.generation import prompt_ids
 from edgeqat.manifest import MANIFEST, load_bundle
 from edgeqat.ownership import check_output
-from edgeqat.paths import DEFAULT_EVAL_DATA
+from edgeqat.paths import DEFAULT_EVAL_DATA, relative_path
 from edgeqat.runtime_check import latency, metrics
 from edgeqat.runtime_check.comparison import compare_on_windows, greedy_side_by_side
 from edgeqat.runtime_check.gates import gate_rows, replay_golden
@@ -189,7 +189,7 @@ def check(
         "report_version": REPORT_VERSION,
         "passed": passed,
         # Relative to the report folder, as the bundle's own paths are: no path of this machine in the artifact.
-        "bundle": os.path.relpath(bundle_dir.resolve(), report_dir.resolve()),
+        "bundle": relative_path(bundle_dir, report_dir),
         "manifest_sha256": manifest_sha,
         "program_sha256": program_sha,
         "pte_bytes": (bundle_dir / manifest["program"]).stat().st_size,

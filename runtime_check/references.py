@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from edgeqat.config import REFERENCE_DEVICES
 from edgeqat.errors import EdgeqatError, first_line
 from edgeqat.generation import Forward
-from edgeqat.paths import require_folder
+from edgeqat.paths import relative_path, require_folder
 
 log = logging.getLogger("edgeqat")
 CONVERTED_CPU = "eager converted (cpu)"  # the gates compare with this one: the model the bundle was exported from
@@ -33,7 +32,7 @@ class Reference:
         """What the report says of it; a local folder as a path relative to ``report_dir`` (no machine path)."""
         dtype = next(self.model.parameters()).dtype
         path = Path(self.path)
-        where = os.path.relpath(path.resolve(), Path(report_dir).resolve()) if path.exists() else str(self.path)
+        where = relative_path(path, report_dir) if path.exists() else str(self.path)
         return {"name": self.name, "kind": self.kind, "device": self.device.type,
                 "dtype": str(dtype).removeprefix("torch."), "path": where}
 

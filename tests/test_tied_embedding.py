@@ -94,7 +94,7 @@ def test_a_program_without_repeated_bytes_comes_back_unchanged():
     program = lower_to_xnnpack(export_decoder(program_decoder(model, 32), 32), {"get_max_seq_len": 32})
     assert program.bytes_stored_once == 0
     again = store_repeated_data_once(program.program)
-    assert again.program == program.program and again.bytes_saved == 0
+    assert again.program == program.program and again.bytes_stored_once == 0
 
 
 def test_a_tied_float_table_is_stored_once_and_counted_whole():

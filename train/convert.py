@@ -8,7 +8,6 @@ Quantized tensors are saved with torchao's safetensors support and reload with `
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from edgeqat.artifacts import RECORD, atomic_dir, read_record, record_problem, v
 from edgeqat.config import QuantConfig, from_dict
 from edgeqat.errors import EdgeqatError
 from edgeqat.ownership import check_output
-from edgeqat.paths import require_folder
+from edgeqat.paths import relative_path, require_folder
 from edgeqat.schemes import embedding_bits_of
 from edgeqat.train.quantize import LEARNED_SCALES, convert_qat, load_learned_scales, prepare_qat, quantize_ptq
 
@@ -106,7 +105,7 @@ def save_converted(model, tokenizer, output_dir: Path, train_record: dict, mode:
             scheme=train_record["scheme"] if quantized else "none",
             group_size=train_record["group_size"] if quantized else None,
             embedding_bits=embedding_bits_of(train_record["config"]["quant"]["embedding_bits"]) if quantized else None,
-            source=os.path.relpath(checkpoint_dir.resolve(), output_dir.resolve()),  # relative: no machine path
+            source=relative_path(checkpoint_dir, output_dir),  # relative: no machine path
         )
 
 

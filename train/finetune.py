@@ -22,7 +22,7 @@ from edgeqat.artifacts import atomic_dir, read_record, write_record, write_text_
 from edgeqat.config import RunConfig, group_size_of, to_dict
 from edgeqat.errors import EdgeqatError
 from edgeqat.ownership import RECORD, check_output
-from edgeqat.paths import DEFAULT_TRAIN_DATA, local_path, portable_name
+from edgeqat.paths import DEFAULT_TRAIN_DATA, local_path, portable_train_config
 from edgeqat.train.checkpointing import (
     MarkCompleteCheckpoints,
     barrier,
@@ -70,10 +70,7 @@ def stage_config(config: RunConfig, checkpoint_dir: str | Path) -> dict:
     """The part of the run config this stage's output depends on (with a distillation teacher that is an
     edgeqat artifact, its files: a retrained teacher makes a different student); local model, dataset and
     teacher paths relative to the checkpoint's folder, as it records them."""
-    train = to_dict(config.train)
-    for key in ("model", "dataset", "teacher"):
-        train[key] = portable_name(train[key], checkpoint_dir)
-    stage = {"train": train, "quant": to_dict(config.quant)}
+    stage = {"train": portable_train_config(to_dict(config.train), checkpoint_dir), "quant": to_dict(config.quant)}
     teacher = local_path(teacher_name(config.train)) if config.train.distill_weight else None
     if teacher is not None and (teacher / RECORD).is_file():
         stage["teacher_files"] = read_record(teacher).get("files")

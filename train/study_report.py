@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from edgeqat.artifacts import atomic_dir, versions, write_json_atomic, write_record, write_text_atomic
 from edgeqat.config import RunConfig, group_size_of, to_dict
-from edgeqat.paths import portable_config, portable_name
+from edgeqat.paths import portable_config, portable_name, relative_path
 
 log = logging.getLogger("edgeqat")
 FORMAT, FORMAT_VERSION = "edgeqat-study", 2  # 2: any QAT arms (study.arms), recovery_by_arm
@@ -57,7 +56,7 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
     for arm in evaluations:
         trained = training["bf16" if arm == "ptq" else arm]  # PTQ is the bf16 fine-tune, quantized after training
         arms[arm] = {
-            "folder": os.path.relpath(Path(folders[arm]).resolve(), study_dir.resolve()),  # e.g. ../qat-converted
+            "folder": relative_path(folders[arm], study_dir),  # e.g. ../qat-converted
             "trained_as": trained["mode"],
             **{k: trained.get(k) for k in TRAINING_FIELDS},
             **evaluations[arm],
