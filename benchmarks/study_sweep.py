@@ -5,8 +5,14 @@
 
 Each cell is its own study folder (reused when still valid, as `edgeqat study` reuses it), run as a separate
 process, ``--parallel`` at a time: a small model leaves a GPU mostly idle. Arguments after ``--`` go to every
-`edgeqat study`. Prints one row per (way, learning rate): the bf16, PTQ and QAT perplexities and the recovery
-(PTQ − QAT) / (PTQ − bf16), mean and range over the seeds, and writes every cell's numbers as JSON.
+`edgeqat study` (``--arms qat,qat-range`` trains both arms beside one baseline in every cell). Prints one row
+per (way, learning rate, arm): the bf16, PTQ and QAT perplexities and the recovery (PTQ − QAT) / (PTQ − bf16),
+mean and range over the seeds, and writes every cell's numbers as JSON.
+
+With several learning rates it also prints each arm against the best baseline: per seed, the bf16 fine-tune
+(and its PTQ) of the learning rate whose bf16 perplexity is lowest over the seeds, against the arm at each
+learning rate. That is the comparison a user tuning both would make; the per-cell rows hold the learning
+rate fixed.
 """
 
 from __future__ import annotations
@@ -38,24 +44,70 @@ def run_cell(work: Path, way: str, lr: str, seed: str, lora_rank: int, extra: li
         return {"way": way, "lr": float(lr), "seed": int(seed), "error": f"exit {done.returncode}, see {out}.log"}
     report = json.loads((out / "study" / "study.json").read_text())
     arms = report["arms"]
-    qat = next(arm for arm in arms if arm not in ("bf16", "ptq"))  # the first QAT arm (study.arms)
-    return {"way": way, "lr": float(lr), "seed": int(seed), "recovery": report["recovery"]["perplexity"],
-            **{f"{name}_ppl": arms[arm]["held_out"]["perplexity"] for name, arm in (("bf16", "bf16"), ("ptq", "ptq"), ("qat", qat))},
-            "qat_step_time_ratio": report.get("qat_step_time_ratio"),
-            "qat_peak_gib": arms[qat].get("peak_gpu_memory_gib"), "bf16_peak_gib": arms["bf16"].get("peak_gpu_memory_gib")}
+    qat_arms = {arm: {"ppl": arms[arm]["held_out"]["perplexity"], "recovery": report["recovery_by_arm"][arm]["perplexity"],
+                      "step_time_ratio": arms[arm].get("step_time_ratio"), "peak_gib": arms[arm].get("peak_gpu_memory_gib")}
+                for arm in report["recovery_by_arm"]}
+    first = next(iter(qat_arms))  # study.arms' first: the cell's headline, as in earlier sweeps' JSON
+    return {"way": way, "lr": float(lr), "seed": int(seed), "recovery": qat_arms[first]["recovery"],
+            "bf16_ppl": arms["bf16"]["held_out"]["perplexity"], "ptq_ppl": arms["ptq"]["held_out"]["perplexity"],
+            "qat_ppl": qat_arms[first]["ppl"], "qat_step_time_ratio": qat_arms[first]["step_time_ratio"],
+            "qat_peak_gib": qat_arms[first]["peak_gib"], "bf16_peak_gib": arms["bf16"].get("peak_gpu_memory_gib"),
+            "arms": qat_arms}
+
+
+def _cell_arms(cell: dict) -> dict:
+    """{arm: its numbers}; a cell of an older sweep's JSON has its one arm at the top level."""
+    return cell.get("arms") or {"qat": {"ppl": cell["qat_ppl"], "recovery": cell["recovery"]}}
 
 
 def summarize(cells: list[dict]) -> list[dict]:
+    """One row per (way, learning rate, arm): mean and range over the seeds."""
     rows = []
-    for (way, lr), group in itertools.groupby(sorted(cells, key=lambda c: (c["way"], c["lr"])), key=lambda c: (c["way"], c["lr"])):
-        group = [c for c in group if "recovery" in c]
-        if not group:
-            continue
-        recovery = [c["recovery"] for c in group]
-        rows.append({"way": way, "lr": lr, "seeds": len(group), "recovery_mean": statistics.fmean(recovery),
-                     "recovery_min": min(recovery), "recovery_max": max(recovery),
-                     **{f"{arm}_ppl_mean": statistics.fmean(c[f"{arm}_ppl"] for c in group) for arm in ("bf16", "ptq", "qat")}})
+    done = [c for c in cells if "recovery" in c]
+    for (way, lr), group in itertools.groupby(sorted(done, key=lambda c: (c["way"], c["lr"])), key=lambda c: (c["way"], c["lr"])):
+        group = list(group)
+        for arm in _cell_arms(group[0]):
+            recovery = [_cell_arms(c)[arm]["recovery"] for c in group]
+            rows.append({"way": way, "lr": lr, "arm": arm, "seeds": len(group), "recovery_mean": statistics.fmean(recovery),
+                         "recovery_min": min(recovery), "recovery_max": max(recovery),
+                         "bf16_ppl_mean": statistics.fmean(c["bf16_ppl"] for c in group),
+                         "ptq_ppl_mean": statistics.fmean(c["ptq_ppl"] for c in group),
+                         "qat_ppl_mean": statistics.fmean(_cell_arms(c)[arm]["ppl"] for c in group)})
     return rows
+
+
+def against_best_baseline(cells: list[dict]) -> list[dict]:
+    """Per way: the learning rate whose bf16 fine-tune has the lowest mean perplexity over the seeds, and each
+    arm at each learning rate against that baseline and its PTQ, seed by seed (seeds every rate has)."""
+    rows = []
+    done = [c for c in cells if "recovery" in c]
+    for way in sorted({c["way"] for c in done}):
+        by_lr: dict[float, dict[int, dict]] = {}
+        for c in done:
+            if c["way"] == way:
+                by_lr.setdefault(c["lr"], {})[c["seed"]] = c
+        seeds = sorted(set.intersection(*(set(v) for v in by_lr.values())))
+        if len(by_lr) < 2 or not seeds:
+            continue
+        best = min(by_lr, key=lambda lr: statistics.fmean(by_lr[lr][s]["bf16_ppl"] for s in seeds))
+        for lr, cells_of_lr in sorted(by_lr.items()):
+            for arm in _cell_arms(cells_of_lr[seeds[0]]):
+                recovery = []
+                for s in seeds:
+                    base = by_lr[best][s]
+                    gap = base["ptq_ppl"] - base["bf16_ppl"]
+                    recovery.append((base["ptq_ppl"] - _cell_arms(cells_of_lr[s])[arm]["ppl"]) / gap)
+                rows.append({"way": way, "baseline_lr": best, "lr": lr, "arm": arm, "seeds": len(seeds),
+                             "recovery_mean": statistics.fmean(recovery), "recovery_min": min(recovery),
+                             "recovery_max": max(recovery),
+                             "bf16_ppl_mean": statistics.fmean(by_lr[best][s]["bf16_ppl"] for s in seeds),
+                             "ptq_ppl_mean": statistics.fmean(by_lr[best][s]["ptq_ppl"] for s in seeds),
+                             "qat_ppl_mean": statistics.fmean(_cell_arms(cells_of_lr[s])[arm]["ppl"] for s in seeds)})
+    return rows
+
+
+def _pct_range(r: dict) -> str:
+    return f"{100 * r['recovery_mean']:.1f} % ({100 * r['recovery_min']:.1f} – {100 * r['recovery_max']:.1f})"
 
 
 def main() -> None:
@@ -80,16 +132,24 @@ def main() -> None:
         if "error" in c:
             print(f"  {c['way']} lr {c['lr']} seed {c['seed']}: {c['error']}", file=sys.stderr)
     rows = summarize(cells)
+    best = against_best_baseline(cells)
     fine_tuning = f"LoRA r{args.lora_rank}" if args.lora_rank else "full fine-tuning"
     print(f"\n{fine_tuning}, `edgeqat study {' '.join(extra)}`, seeds {args.seeds}\n")
     print("| arm | LoRA fake-quantizes | lr | seeds | bf16 ppl | PTQ ppl | QAT ppl | recovery mean (min – max) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {args.label or 'QAT'} | {r['way']} | {r['lr']:g} | {r['seeds']} | {r['bf16_ppl_mean']:.3f} | {r['ptq_ppl_mean']:.3f} | "
-              f"{r['qat_ppl_mean']:.3f} | {100 * r['recovery_mean']:.1f} % ({100 * r['recovery_min']:.1f} – "
-              f"{100 * r['recovery_max']:.1f}) |")
+        print(f"| {args.label or r['arm']} | {r['way']} | {r['lr']:g} | {r['seeds']} | {r['bf16_ppl_mean']:.3f} | "
+              f"{r['ptq_ppl_mean']:.3f} | {r['qat_ppl_mean']:.3f} | {_pct_range(r)} |")
+    if best:
+        print("\nAgainst the best baseline (the bf16 learning rate with the lowest mean perplexity), seed by seed:\n")
+        print("| arm | LoRA fake-quantizes | baseline lr | arm lr | seeds | bf16 ppl | PTQ ppl | QAT ppl | recovery mean (min – max) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in best:
+            print(f"| {args.label or r['arm']} | {r['way']} | {r['baseline_lr']:g} | {r['lr']:g} | {r['seeds']} | "
+                  f"{r['bf16_ppl_mean']:.3f} | {r['ptq_ppl_mean']:.3f} | {r['qat_ppl_mean']:.3f} | {_pct_range(r)} |")
     write_json_atomic(args.json or args.work / "sweep.json", {"fine_tuning": fine_tuning, "label": args.label, "study_args": extra,
-                                                              "cells": cells, "rows": rows, "versions": versions()})
+                                                              "cells": cells, "rows": rows, "against_best_baseline": best,
+                                                              "versions": versions()})
 
 
 if __name__ == "__main__":

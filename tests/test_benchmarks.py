@@ -39,7 +39,30 @@ def test_study_sweep_runs_a_study_per_cell_and_summarizes(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     (cell,) = json.loads(out.read_text())["cells"]
     assert cell["recovery"] == (cell["ptq_ppl"] - cell["qat_ppl"]) / (cell["ptq_ppl"] - cell["bf16_ppl"])
-    assert "| QAT | merged | 0.001 | 1 |" in result.stdout
+    assert "| qat | merged | 0.001 | 1 |" in result.stdout
+    assert cell["arms"]["qat"]["recovery"] == cell["recovery"]
+
+
+def test_study_sweep_compares_every_arm_with_the_best_baseline_seed_by_seed():
+    sys.path.insert(0, str(BENCHMARKS))
+    from study_sweep import against_best_baseline, summarize
+
+    def cell(lr, seed, bf16, ptq, qat, rng):
+        arms = {"qat": {"ppl": qat, "recovery": (ptq - qat) / (ptq - bf16)},
+                "qat-range": {"ppl": rng, "recovery": (ptq - rng) / (ptq - bf16)}}
+        return {"way": "full", "lr": lr, "seed": seed, "bf16_ppl": bf16, "ptq_ppl": ptq, "recovery": arms["qat"]["recovery"],
+                "qat_ppl": qat, "arms": arms}
+
+    cells = [cell(3e-4, 0, 30.0, 31.0, 30.5, 30.4), cell(3e-4, 1, 30.2, 31.2, 30.7, 30.6),
+             cell(6e-4, 0, 30.5, 31.5, 30.1, 30.3), cell(6e-4, 1, 30.7, 31.7, 30.3, 30.5),
+             {"way": "full", "lr": 1e-3, "seed": 0, "error": "exit 1"}]
+    rows = {(r["lr"], r["arm"]): r for r in summarize(cells)}
+    assert rows[(3e-4, "qat-range")]["recovery_mean"] == pytest.approx(0.6) and len(rows) == 4
+    best = {(r["lr"], r["arm"]): r for r in against_best_baseline(cells)}
+    assert {r["baseline_lr"] for r in best.values()} == {3e-4}  # the lower bf16 perplexity
+    # QAT at 6e-4 against the 3e-4 baseline, seed by seed: (31.0 - 30.1) / 1.0 and (31.2 - 30.3) / 1.0
+    assert best[(6e-4, "qat")]["recovery_mean"] == pytest.approx(0.9)
+    assert best[(3e-4, "qat")]["recovery_mean"] == rows[(3e-4, "qat")]["recovery_mean"]
 
 
 def test_fake_quant_codes_counts_what_training_would_ship_differently(tmp_path: Path):

@@ -123,26 +123,87 @@ def test_frozen_weight_without_bias_gets_no_weight_gradient(device, scheme):
     _close(ours[1], theirs[1], device)
 
 
-def test_fused_model_trains_like_torchao_for_a_few_steps():
-    """Three AdamW steps on the embedded model end with identical weights on CPU."""
+@pytest.mark.parametrize("range_learning", [False, True], ids=["absmax", "range-learning"])
+def test_fused_model_trains_like_torchao_for_a_few_steps(range_learning):
+    """Three AdamW steps on the embedded model end with identical weights (and learned scales) on CPU."""
     from edgeqat.train.model_loading import load_model
+    from edgeqat.train.quantize import initialize_range_learning, learned_scales
 
     def trained(fused: bool) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         model = load_model("default", torch.float32)
-        prepare_qat(model, QuantConfig(), fused=fused)
+        prepare_qat(model, QuantConfig(range_learning=range_learning), fused=fused)
+        if range_learning:
+            initialize_range_learning(model, torch.device("cpu"))
+        assert sum(type(m) is FusedFakeQuantizedLinear for m in model.modules()) == (29 if fused else 0)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # as the Trainer on CUDA
         batch = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
         for _ in range(3):
             model(input_ids=batch, labels=batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-        return strip_fake_quant(model).state_dict()
+        scales = {f"{name}.learned_scale": s for name, s in learned_scales(model).items()}
+        return {**strip_fake_quant(model).state_dict(), **scales}
 
     ours, theirs = trained(True), trained(False)
     assert ours.keys() == theirs.keys()
+    assert sum(name.endswith(".learned_scale") for name in ours) == 28 * range_learning  # all but the tied head
     for name in ours:
         assert torch.allclose(ours[name], theirs[name], rtol=0, atol=1e-6), name
+
+
+# -- range learning: static scales that are trained --------------------------------------------------------
+
+LEARNED = [("8da4w", 32), ("4w", 32), ("8da8w", 0)]
+
+
+def _learned_scales(scheme: str, group_size: int, dtype, device) -> torch.nn.Sequential:
+    """A one-linear range-learning model on torchao's eager quantizers (edgeqat's fp32 weight quantizer), its
+    scales moved off the absmax they start at, so that some weights clamp and some groups have slack."""
+    from torchao.quantization.qat import initialize_fake_quantizers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 192)).to(device, dtype)
+    prepare_qat(model, QuantConfig(scheme=scheme, group_size=group_size, range_learning=True))
+    initialize_fake_quantizers(model, (torch.zeros(1, 256, device=device, dtype=dtype),))
+    scale = model[0].weight_fake_quantizer.scale
+    assert isinstance(scale, torch.nn.Parameter) and scale.dtype == torch.float32
+    with torch.no_grad():
+        scale.mul_(torch.rand_like(scale) * 0.6 + 0.6)
+    return model
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("scheme,group_size", LEARNED, ids=[f"learned-{s}-g{g}" for s, g in LEARNED])
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained-weight", "frozen-weight"])
+def test_fused_linear_with_learned_scales_matches_torchaos_autograd(scheme, group_size, dtype, device, frozen):
+    """Output and gradients, the learned scale's included, as torchao's range learning computes them; with the
+    weight frozen (LoRA's base layer) the scale still gets its gradient."""
+    reference = _learned_scales(scheme, group_size, dtype, device)
+    reference[0].weight.requires_grad_(not frozen)
+    fused = copy.deepcopy(reference)
+    assert use_fused(fused) == (1, 0) and fused[0].fused_spec.learned_scale
+    x = _inputs(dtype, device)
+    grad = torch.randn(3, 37, 192, device=device, dtype=dtype)
+    runs = [(*_run(model, x, grad), model[0].weight_fake_quantizer.scale.grad) for model in (fused, reference)]
+    for name, ours, theirs in zip(("output", "x", "weight", "bias", "scale"), *runs):
+        if name == "weight" and frozen:
+            assert ours is None and theirs is None
+            continue
+        assert ours.dtype == theirs.dtype, name
+        _close(ours, theirs, device)
+
+
+def test_learned_scales_make_a_new_fake_quantized_weight_when_they_change():
+    model = _learned_scales("8da4w", 32, torch.float32, "cpu")
+    use_fused(model)
+    first = model[0]._fake_quantized_weight()
+    assert model[0]._fake_quantized_weight() is first
+    with torch.no_grad():
+        model[0].weight_fake_quantizer.scale.mul_(0.5)  # an in-place change, as a hand edit or a non-fused optimizer
+    second = model[0]._fake_quantized_weight()
+    assert second is not first and not torch.equal(second, first)
 
 
 def test_quantizers_outside_the_fused_numerics_stay_with_torchao():
@@ -207,7 +268,9 @@ def test_triton_kernels_match_torchao_in_the_interpreter():
     result = subprocess.run(command, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stdout[-3000:]
-    expected = 12 + 2 * (len(DEVICES) - 1)  # the frozen-weight cases run on CUDA too where there is one
+    # bf16 on the CPU: 7 schemes, 3 learned-scale ones, the two codes tests and test_kernels_ran; every frozen-weight
+    # case (2 absmax, 6 learned-scale), on CUDA too where there is one
+    expected = 13 + 8 * len(DEVICES)
     assert f"{expected} passed" in result.stdout.splitlines()[-1], result.stdout[-500:]
 
 

@@ -158,6 +158,47 @@ def test_range_learning_trains_the_scales_and_convert_quantizes_with_them(lora):
     assert torch.equal(_logits(plain, IDS), trained)  # deployed with the learned scales, to the bit
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scheme,dtype", [("8da4w", torch.float32), ("4w", torch.float32), ("8da4w", torch.bfloat16)])
+def test_range_learning_lora_matches_torchaos_autograd_on_the_merged_weight(device, scheme, dtype):
+    """With learned scales the merged layer's forward and its gradients into x, A, B and the scale are what
+    torchao's range-learning quantizer computes on W + s·B·A under autograd (the clamp's mask included)."""
+    from edgeqat.train.quantize import initialize_range_learning, learned_scale_parameters
+
+    model = tiny_llama().to(dtype)
+    prepare_qat(model, QuantConfig(scheme=scheme, embedding_bits=4, range_learning=True), fused=True)
+    initialize_range_learning(model, torch.device("cpu"))
+    model = _add_lora(model, 4, 16)
+    assert use_merged_lora_qat(model) == 14
+    for scale in learned_scale_parameters(model):
+        with torch.no_grad():  # off the absmax it starts at: some weights clamp
+            scale.mul_(torch.rand(scale.shape, generator=torch.Generator().manual_seed(3)) * 0.6 + 0.6)
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    layer = model.base_model.model.model.layers[0].mlp.up_proj.to(device)
+    assert layer.merged_spec.learned_scale
+    reference = copy.deepcopy(layer)
+    reference.merged_spec = None  # torchao's quantizer modules on the merged weight, under autograd
+    torch.manual_seed(2)
+    x = torch.randn(2, 5, 64, device=device, dtype=dtype)
+    grad = torch.randn(2, 5, 128, device=device, dtype=dtype)
+    runs = []
+    for module in (layer, reference):
+        x_ = x.clone().requires_grad_()
+        out = module(x_)
+        out.backward(grad)
+        runs.append((out, x_.grad, module.lora_A["default"].weight.grad, module.lora_B["default"].weight.grad,
+                     module.get_base_layer().weight_fake_quantizer.scale.grad))
+        assert module.get_base_layer().weight.grad is None
+    for name, ours, theirs in zip(("output", "x", "A", "B", "scale"), *runs):
+        if device == "cpu":
+            assert torch.equal(ours, theirs), name
+        else:  # cuBLAS may pick other kernels for the two paths' matmuls
+            assert ((ours.float() - theirs.float()).norm() / theirs.float().norm()).item() < 1e-2, name
+
+
 def test_a_tied_output_layer_keeps_per_step_scales_like_its_embedding():
     from edgeqat.train.quantize import initialize_range_learning, learned_scales
 

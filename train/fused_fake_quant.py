@@ -16,7 +16,13 @@ pass, and for LoRA's frozen weights for the whole run); that copy, 2 bytes per w
 memory. torchao holds the same copy through each step (F.linear saves it for the backward).
 In bf16 on CUDA each fake quantization is one Triton kernel (fake_quant_triton.py); elsewhere the
 functions below run eagerly and match torchao bit for bit. A linear whose quantizers this does not
-cover (range learning, float scales, other granularities) keeps torchao's module.
+cover (float scales, asymmetric weights, other granularities) keeps torchao's module.
+
+Range learning's weights have a static scale that is itself trained (an fp32 parameter, one per group).
+Their fake quantization and its gradients, into the weight and into the scale, are torchao's autograd
+written out (``fake_quant_learned*``): eager fp32 ops over the weight, a small cost beside the matmuls.
+The scale's gradient needs the weight's full out × in gradient, so a layer that learns its scales
+computes that matmul even where the weight itself is frozen (LoRA).
 
 One deliberate difference from torchao: the weight is fake-quantized in fp32 whatever its dtype, with
 the arithmetic of ``convert`` (torchao on the CPU, on the checkpoint loaded in fp32), so that a bf16 run
@@ -39,6 +45,7 @@ class FusedSpec(NamedTuple):
     act_bounds: tuple[int, int] | None
     weight_bounds: tuple[int, int]
     group_size: int  # in_features for per-channel
+    learned_scale: bool = False  # range learning: the weight's scale is a trained parameter, not its absmax
 
 
 # ---- the numerics, op for op as torchao 0.18 computes them -------------------------------------------------
@@ -108,6 +115,33 @@ def fake_quant_per_group_backward(w: torch.Tensor, grad: torch.Tensor, group_siz
     return _straight_through(grad.float().view(groups.shape), scale, in_range, inverse).view(w.shape).to(grad.dtype)
 
 
+def fake_quant_learned(w: torch.Tensor, scale: torch.Tensor, group_size: int, qmin: int, qmax: int) -> torch.Tensor:
+    """The weight fake-quantized with its learned fp32 scale (one per group), in fp32, cast to the weight's dtype:
+    torchao's range-learning forward on the fp32 weight (``round(w * (1 / s))``, clamp, ``× s``; zero point 0)."""
+    groups = w.float().view(w.shape[0], -1, group_size)
+    return _quantize(groups, scale.view(*groups.shape[:2], 1), None, qmin, qmax)[0].view(w.shape).to(w.dtype)
+
+
+def fake_quant_learned_backward(w: torch.Tensor, scale: torch.Tensor, grad: torch.Tensor, group_size: int, qmin: int,
+                                qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the weight's gradient in its dtype, the scale's in fp32) from the gradient of ``fake_quant_learned``'s
+    output: torchao's autograd op for op. Dequantize (codes × s) sends ``grad · codes`` to s and ``grad · s``
+    to the codes; the clamp masks that, round passes it straight through, and ``w · (1 / s)`` sends it × 1/s
+    to w and, summed with w, through the reciprocal to s (× −1/s²)."""
+    groups = w.float().view(w.shape[0], -1, group_size)
+    s = scale.view(*groups.shape[:2], 1)
+    g = grad.float().view(groups.shape)
+    inverse = 1.0 / s
+    unclamped = torch.round(groups * inverse)
+    codes = torch.clamp(unclamped, qmin, qmax)
+    grad_codes = torch.where((unclamped >= qmin) & (unclamped <= qmax), g * s, 0)
+    grad_w = (grad_codes * inverse).view(w.shape).to(w.dtype)
+    # each part in the scale's dtype, as autograd casts a gradient to its input's (fp32 scales: no-ops)
+    grad_inverse = (grad_codes * groups).sum(-1, keepdim=True).to(s.dtype)
+    grad_scale = (g * codes).sum(-1, keepdim=True).to(s.dtype) + -grad_inverse * (inverse * inverse)
+    return grad_w, grad_scale.view(scale.shape)
+
+
 # ---- the linear: Triton kernels for bf16 on CUDA, the functions above elsewhere -----------------------------
 
 
@@ -134,10 +168,13 @@ def fp32_inverse(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.is_autocast_enabled("cuda")
 
 
-def fake_quantized_weight(weight: torch.Tensor, spec: FusedSpec) -> torch.Tensor:
-    """The weight's fake-quantized copy (no autograd history: its gradient is taken in linear_backward)."""
+def fake_quantized_weight(weight: torch.Tensor, spec: FusedSpec, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight's fake-quantized copy (no autograd history: its gradient is taken in linear_backward);
+    ``scale``: the learned scale, when ``spec.learned_scale``."""
     kernels = triton_kernels(weight, weight, spec)
     with torch.no_grad():
+        if spec.learned_scale:
+            return fake_quant_learned(weight.detach(), scale.detach(), spec.group_size, *spec.weight_bounds)
         if kernels is None:
             return fake_quant_per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
         return kernels.per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
@@ -171,54 +208,66 @@ def input_backward(x2d, fq_weight, grad2d, spec: FusedSpec, want_fq_x: bool):
     return grad_x, fq_x
 
 
-def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: bool, need_weight: bool, need_bias: bool):
-    """Gradients of input, weight and bias; ``weight`` is None when frozen, ``x2d`` when nothing needs it."""
-    grad_x = grad_w = grad_b = fq_x = None
+def fake_quantized_weight_grad(x2d, fq_x, fq_weight, grad2d, spec: FusedSpec) -> torch.Tensor:
+    """The gradient of the fake-quantized weight, ``gradᵀ · x̂``; ``fq_x`` is x̂ when the caller has it, else None."""
+    if fq_x is None:
+        fq_x = fake_quantized_input(x2d, spec, triton_kernels(grad2d, fq_weight, spec), fp32_inverse(grad2d))
+    return grad2d.t() @ fq_x
+
+
+def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: bool, need_weight: bool, need_bias: bool,
+                    scale: torch.Tensor | None = None, need_scale: bool = False):
+    """Gradients of input, weight, bias and learned scale; ``weight`` is None when nothing needs it (frozen, and
+    no scale to learn), ``x2d`` likewise."""
+    grad_x = grad_w = grad_b = grad_s = fq_x = None
     if need_x:
-        grad_x, fq_x = input_backward(x2d, fq_weight, grad2d, spec, want_fq_x=need_weight)
-    if need_weight:
+        grad_x, fq_x = input_backward(x2d, fq_weight, grad2d, spec, want_fq_x=need_weight or need_scale)
+    if spec.learned_scale and (need_weight or need_scale):
+        grad_fq_w = fake_quantized_weight_grad(x2d, fq_x, fq_weight, grad2d, spec)
+        grad_w, grad_s = fake_quant_learned_backward(weight, scale, grad_fq_w, spec.group_size, *spec.weight_bounds)
+    elif need_weight:
         kernels = triton_kernels(grad2d, fq_weight, spec)
-        autocast = fp32_inverse(grad2d)
-        if fq_x is None:
-            fq_x = fake_quantized_input(x2d, spec, kernels, autocast)
-        grad_fq_w = grad2d.t() @ fq_x
+        grad_fq_w = fake_quantized_weight_grad(x2d, fq_x, fq_weight, grad2d, spec)
         if kernels is None:
             grad_w = fake_quant_per_group_backward(weight, grad_fq_w, spec.group_size, *spec.weight_bounds)
         else:
             grad_w = kernels.per_group(weight, spec.group_size, *spec.weight_bounds, grad=grad_fq_w)
     if need_bias:
         grad_b = grad2d.sum(0)
-    return grad_x, grad_w, grad_b
+    return grad_x, (grad_w if need_weight else None), grad_b, (grad_s if need_scale else None)
 
 
 class _FakeQuantizedLinearFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, weight, fq_weight, bias, spec: FusedSpec):
+    def forward(ctx, x, weight, fq_weight, bias, scale, spec: FusedSpec):
         x2d = x.reshape(-1, x.shape[-1]).contiguous()
         out = linear_forward(x2d, fq_weight, bias, spec)
         ctx.spec = spec
         ctx.has_bias = bias is not None
-        need_w = ctx.needs_input_grad[1]
+        need_w = ctx.needs_input_grad[1] or (scale is not None and ctx.needs_input_grad[4])
         # What a plain linear keeps, and no fake-quantized activations (they are recomputed). The input is
-        # needed for the weight's gradient and the activation quantizer's mask, the weight for its own.
-        ctx.save_for_backward(x2d if need_w or spec.act_bounds else None, weight if need_w else None, fq_weight)
+        # needed for the weight's gradient and the activation quantizer's mask, the weight for its own (and
+        # a learned scale's).
+        ctx.save_for_backward(x2d if need_w or spec.act_bounds else None, weight if need_w else None, fq_weight, scale)
         ctx.x_shape = x2d.shape
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x2d, weight, fq_weight = ctx.saved_tensors
+        x2d, weight, fq_weight, scale = ctx.saved_tensors
         grad2d = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]  # need_w is False for LoRA's frozen base
-        grad_x, grad_w, grad_b = linear_backward(x2d, weight, fq_weight, grad2d, ctx.spec, need_x, need_w,
-                                                 ctx.has_bias and ctx.needs_input_grad[3])
+        grad_x, grad_w, grad_b, grad_s = linear_backward(x2d, weight, fq_weight, grad2d, ctx.spec, need_x, need_w,
+                                                         ctx.has_bias and ctx.needs_input_grad[3], scale,
+                                                         scale is not None and ctx.needs_input_grad[4])
         if grad_x is not None:
             grad_x = grad_x.view(*grad_out.shape[:-1], ctx.x_shape[-1])
-        return grad_x, grad_w, None, grad_b, None
+        return grad_x, grad_w, None, grad_b, grad_s, None
 
 
-def fused_fake_quantized_linear(x, weight, fq_weight, bias, spec: FusedSpec) -> torch.Tensor:
-    """``fq_weight`` is ``fake_quantized_weight(weight, spec)``, which callers may keep while the weight is unchanged."""
-    return _FakeQuantizedLinearFunction.apply(x, weight, fq_weight, bias, spec)
+def fused_fake_quantized_linear(x, weight, fq_weight, bias, spec: FusedSpec, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``fq_weight`` is ``fake_quantized_weight(weight, spec, scale)``, which callers may keep while the weight
+    (and the learned ``scale``, with range learning) is unchanged."""
+    return _FakeQuantizedLinearFunction.apply(x, weight, fq_weight, bias, scale, spec)

@@ -7,6 +7,8 @@ fused path does not cover is left as it is, so every scheme keeps working throug
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -33,19 +35,21 @@ def _fake_quantized_linear_class():
     return FakeQuantizedLinear
 
 
-def _is_plain_dynamic_intx(quantizer) -> bool:
-    """An integer fake quantizer with torchao's default qparams: the numerics the fused kernels reproduce."""
+def _is_plain_intx(quantizer, learned_scale: bool = False) -> bool:
+    """An integer fake quantizer with torchao's default qparams (the numerics the fused kernels reproduce), or
+    with ``learned_scale`` edgeqat's range-learning weight quantizer (static fp32 scales, schemes.qat_prepare_config)."""
     from torchao.quantization.qat import IntxFakeQuantizer
     from torchao.quantization.quant_primitives import _DTYPE_TO_QVALUE_BOUNDS, ZeroPointDomain
 
     from edgeqat.train.weight_fake_quant import WeightFakeQuantizer
 
-    if type(quantizer) not in (IntxFakeQuantizer, WeightFakeQuantizer):
+    if type(quantizer) not in ((WeightFakeQuantizer,) if learned_scale else (IntxFakeQuantizer, WeightFakeQuantizer)):
         return False
     c = quantizer.config
     return (
-        c.dtype in _DTYPE_TO_QVALUE_BOUNDS and c.scale_precision is None and c.zero_point_precision == torch.int32
-        and c.zero_point_domain == ZeroPointDomain.INT and c.is_dynamic and not c.range_learning and c.eps is None
+        c.dtype in _DTYPE_TO_QVALUE_BOUNDS and c.zero_point_precision == torch.int32 and c.eps is None
+        and c.zero_point_domain == ZeroPointDomain.INT and c.is_dynamic != learned_scale and c.range_learning == learned_scale
+        and c.scale_precision == (torch.float32 if learned_scale else None)
     )
 
 
@@ -57,7 +61,8 @@ def fused_spec(module: torch.nn.Module) -> FusedSpec | None:
     if type(module) is not _fake_quantized_linear_class():
         return None
     weight_q, act_q = module.weight_fake_quantizer, module.activation_fake_quantizer
-    if not _is_plain_dynamic_intx(weight_q) or weight_q.config.mapping_type != MappingType.SYMMETRIC:
+    learned = _is_plain_intx(weight_q, learned_scale=True)
+    if not (learned or _is_plain_intx(weight_q)) or weight_q.config.mapping_type != MappingType.SYMMETRIC:
         return None
     granularity = weight_q.config.granularity
     if isinstance(granularity, PerGroup):
@@ -70,11 +75,11 @@ def fused_spec(module: torch.nn.Module) -> FusedSpec | None:
         return None
     act_bounds = None
     if act_q is not None:
-        if not (_is_plain_dynamic_intx(act_q) and isinstance(act_q.config.granularity, PerToken)
+        if not (_is_plain_intx(act_q) and isinstance(act_q.config.granularity, PerToken)
                 and act_q.config.mapping_type == MappingType.ASYMMETRIC):
             return None
         act_bounds = _DTYPE_TO_QVALUE_BOUNDS[act_q.config.dtype]
-    return FusedSpec(act_bounds, _DTYPE_TO_QVALUE_BOUNDS[weight_q.config.dtype], group_size)
+    return FusedSpec(act_bounds, _DTYPE_TO_QVALUE_BOUNDS[weight_q.config.dtype], group_size, learned)
 
 
 class FusedFakeQuantizedLinear(_fake_quantized_linear_class()):
@@ -85,16 +90,36 @@ class FusedFakeQuantizedLinear(_fake_quantized_linear_class()):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not fake_quant_enabled(self) or x.dtype not in _FLOATS or self.weight.dtype not in _FLOATS:
             return super().forward(x)
-        return fused_fake_quantized_linear(x, self.weight, self._fake_quantized_weight(), self.bias, self.fused_spec)
+        scale = learned_scale(self)
+        if self.fused_spec.learned_scale and scale is None:  # not initialized yet: torchao's forward sets it
+            return super().forward(x)
+        return fused_fake_quantized_linear(x, self.weight, self._fake_quantized_weight(), self.bias, self.fused_spec, scale)
 
     def _fake_quantized_weight(self) -> torch.Tensor:
-        """Made again only when the weight may have changed: an optimizer step, or any in-place change."""
-        w = self.weight
-        key = (_optimizer_steps[0], w._version, w.data_ptr(), w.dtype, w.device)
-        if getattr(self, "_fq_weight_key", None) != key:
-            self._fq_weight = fake_quantized_weight(w, self.fused_spec)
-            self._fq_weight_key = key
-        return self._fq_weight
+        """Made again only when the weight (or its learned scale) may have changed: an optimizer step, or any
+        in-place change."""
+        return cached_fake_quantized_weight(self, self.fused_spec, learned_scale(self), (self.weight,), lambda: self.weight)
+
+
+def learned_scale(linear: torch.nn.Module) -> torch.Tensor | None:
+    """The range-learned scale of a fused linear's weight (an fp32 parameter), or None (dynamic scales, or
+    range learning not initialized yet)."""
+    quantizer = linear.weight_fake_quantizer
+    scale = quantizer.scale if quantizer.config.range_learning else None
+    return scale if isinstance(scale, torch.nn.Parameter) else None
+
+
+def cached_fake_quantized_weight(owner: torch.nn.Module, spec: FusedSpec, scale: torch.Tensor | None,
+                                 sources: tuple[torch.Tensor, ...], weight_of: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``fake_quantized_weight(weight_of(), spec, scale)``, kept on ``owner`` until an optimizer step or an in-place
+    change of the scale or of any of ``sources`` (the tensors the weight is made of)."""
+    key = (_optimizer_steps[0], *((t._version, t.data_ptr(), t.dtype, t.device) for t in sources),
+           None if scale is None else (scale._version, scale.data_ptr()))
+    if getattr(owner, "_fq_weight_key", None) != key:
+        with torch.no_grad():
+            owner._fq_weight = fake_quantized_weight(weight_of(), spec, scale)
+        owner._fq_weight_key = key
+    return owner._fq_weight
 
 
 def use_fused(model: torch.nn.Module) -> tuple[int, int]:

@@ -11,6 +11,11 @@ the gradients into A and B go through the rank-r path, s·gradᵀ·(x̂·Aᵀ) a
 fake-quantized input, instead of through an out × in weight gradient: a step costs about what a bf16 LoRA
 step does. The merged weight's fake-quantized copy is made once per optimizer step and kept (as the fused
 linear keeps a frozen weight's), so memory is that of LoRA-QAT on the base weights. W gets no gradient.
+
+With range learning the weight's scales are trained too, and their gradient needs the merged weight's own
+out × in gradient: that path computes it (one more matmul per linear, as full fine-tuning does) and sends
+it into the scale, and into A and B through the merge, exactly as torchao's autograd would (the clamp's
+mask included).
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from edgeqat.errors import EdgeqatError
 from edgeqat.train.fake_quant_delay import fake_quant_enabled
 from edgeqat.train.fused_fake_quant import (
     FusedSpec,
-    fake_quantized_weight,
+    fake_quant_learned_backward,
+    fake_quantized_weight_grad,
     input_backward,
     linear_forward,
 )
-from edgeqat.train.fused_linear import _optimizer_steps, fused_spec
+from edgeqat.train.fused_linear import cached_fake_quantized_weight, fused_spec, learned_scale
 
 
 def _lora_linear_class():
@@ -46,33 +52,48 @@ def merged_weight(base_weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch
 class _MergedLoraFakeQuantizedFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, lora_a, lora_b, bias, fq_merged, scaling: float, spec: FusedSpec):
+    def forward(ctx, x, lora_a, lora_b, bias, scale, base_weight, fq_merged, scaling: float, spec: FusedSpec):
         x2d = x.reshape(-1, x.shape[-1]).contiguous()
         out = linear_forward(x2d, fq_merged, bias, spec)
         ctx.spec, ctx.scaling, ctx.has_bias = spec, scaling, bias is not None
-        ctx.save_for_backward(x2d, lora_a, lora_b, fq_merged)
+        ctx.save_for_backward(x2d, lora_a, lora_b, fq_merged, scale, base_weight if scale is not None else None)
         return out.view(*x.shape[:-1], fq_merged.shape[0])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x2d, lora_a, lora_b, fq_merged = ctx.saved_tensors
+        x2d, lora_a, lora_b, fq_merged, scale, base_weight = ctx.saved_tensors
         grad2d = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
-        need_x, need_a, need_b, need_bias = ctx.needs_input_grad[:4]
-        grad_x, fq_x = input_backward(x2d, fq_merged, grad2d, ctx.spec, want_fq_x=need_a or need_b)
+        need_x, need_a, need_b, need_bias, need_scale = ctx.needs_input_grad[:5]
+        grad_x, fq_x = input_backward(x2d, fq_merged, grad2d, ctx.spec, want_fq_x=need_a or need_b or need_scale)
         if not need_x:
             grad_x = None
-        grad_a = grad_b = None
-        # The merged weight's gradient gradᵀ·x̂ (identity straight-through), taken into A and B through rank r.
-        dtype = grad2d.dtype
-        if need_b:
-            grad_b = (ctx.scaling * (grad2d.t() @ (fq_x @ lora_a.to(dtype).t()))).to(lora_b.dtype)
-        if need_a:
-            grad_a = (ctx.scaling * ((grad2d @ lora_b.to(dtype)).t() @ fq_x)).to(lora_a.dtype)
+        if ctx.spec.learned_scale:
+            grad_a, grad_b, grad_scale = _learned_scale_backward(x2d, fq_x, grad2d, lora_a, lora_b, scale, base_weight,
+                                                                 fq_merged, ctx.scaling, ctx.spec)
+        else:  # the merged weight's gradient gradᵀ·x̂ (identity straight-through), taken into A and B through rank r
+            grad_a = grad_b = grad_scale = None
+            dtype = grad2d.dtype
+            if need_b:
+                grad_b = (ctx.scaling * (grad2d.t() @ (fq_x @ lora_a.to(dtype).t()))).to(lora_b.dtype)
+            if need_a:
+                grad_a = (ctx.scaling * ((grad2d @ lora_b.to(dtype)).t() @ fq_x)).to(lora_a.dtype)
         grad_bias = grad2d.sum(0) if need_bias and ctx.has_bias else None
         if grad_x is not None:
             grad_x = grad_x.view(*grad_out.shape[:-1], x2d.shape[-1])
-        return grad_x, grad_a, grad_b, grad_bias, None, None, None
+        return (grad_x, grad_a if need_a else None, grad_b if need_b else None, grad_bias,
+                grad_scale if need_scale else None, None, None, None, None)
+
+
+def _learned_scale_backward(x2d, fq_x, grad2d, lora_a, lora_b, scale, base_weight, fq_merged, scaling: float, spec: FusedSpec):
+    """(A's, B's and the scale's gradients) through the learned-scale fake quantizer on the merged weight and
+    through the merge ``(W + (B @ A) · s)`` in A's dtype, as autograd takes them (outside autocast)."""
+    grad_fq = fake_quantized_weight_grad(x2d, fq_x, fq_merged, grad2d, spec)
+    merged = merged_weight(base_weight, lora_a, lora_b, scaling)  # the forward's weight, to the bit
+    grad_merged, grad_scale = fake_quant_learned_backward(merged, scale, grad_fq, spec.group_size, *spec.weight_bounds)
+    with torch.autocast(base_weight.device.type, enabled=False):
+        grad_delta = grad_merged.to(torch.promote_types(lora_a.dtype, lora_b.dtype)) * scaling
+        return (lora_b.t() @ grad_delta).to(lora_a.dtype), (grad_delta @ lora_a.t()).to(lora_b.dtype), grad_scale
 
 
 class MergedLoraFakeQuantizedLinear(_lora_linear_class()):
@@ -82,7 +103,7 @@ class MergedLoraFakeQuantizedLinear(_lora_linear_class()):
     peft's, and ``merge`` writes exactly the weight the forward quantized.
     """
 
-    merged_spec: FusedSpec | None  # None: torchao's quantizer modules on the merged weight (e.g. range learning)
+    merged_spec: FusedSpec | None  # None: torchao's quantizer modules on the merged weight (quantizers the fused path does not cover)
 
     def _adapter(self) -> str:
         (adapter,) = self.active_adapters
@@ -99,24 +120,22 @@ class MergedLoraFakeQuantizedLinear(_lora_linear_class()):
             return super().forward(x, *args, **kwargs)  # (fake quantization off: plain LoRA on the plain base)
         adapter = self._adapter()
         lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
-        if self.merged_spec is not None and x.dtype in (torch.bfloat16, torch.float16, torch.float32):
-            return _MergedLoraFakeQuantizedFunction.apply(x, lora_a, lora_b, base.bias, self._fq_merged(), self.scaling[adapter],
-                                                          self.merged_spec)
+        scale = learned_scale(base)
+        if self.merged_spec is not None and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and \
+                (scale is not None or not self.merged_spec.learned_scale):
+            return _MergedLoraFakeQuantizedFunction.apply(x, lora_a, lora_b, base.bias, scale, base.weight, self._fq_merged(),
+                                                          self.scaling[adapter], self.merged_spec)
         merged = merged_weight(base.weight, lora_a, lora_b, self.scaling[adapter])
         if base.activation_fake_quantizer is not None:
             x = base.activation_fake_quantizer(x)
         return F.linear(x, base.weight_fake_quantizer(merged), base.bias)
 
     def _fq_merged(self) -> torch.Tensor:
-        """fq(merged), made again only when W, A or B may have changed (an optimizer step or an in-place edit)."""
-        adapter = self._adapter()
-        tensors = (self.get_base_layer().weight, self.lora_A[adapter].weight, self.lora_B[adapter].weight)
-        key = (_optimizer_steps[0], *((t._version, t.data_ptr()) for t in tensors))
-        if getattr(self, "_fq_merged_key", None) != key:
-            with torch.no_grad():
-                self._fq_merged_weight = fake_quantized_weight(self.merged_weight(), self.merged_spec)
-            self._fq_merged_key = key
-        return self._fq_merged_weight
+        """fq(merged), made again only when W, A, B or the learned scale may have changed (an optimizer step or an
+        in-place edit)."""
+        adapter, base = self._adapter(), self.get_base_layer()
+        tensors = (base.weight, self.lora_A[adapter].weight, self.lora_B[adapter].weight)
+        return cached_fake_quantized_weight(self, self.merged_spec, learned_scale(base), tensors, self.merged_weight)
 
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
         if self.merged:
