@@ -73,6 +73,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distill-weight", dest="train.distill_weight", type=float,
                    help="add this × T² × KL(teacher ‖ student) to the loss (default 0: no distillation)")
     g.add_argument("--distill-temperature", dest="train.distill_temperature", type=float)
+    g.add_argument("--distill-ce-weight", dest="train.distill_ce_weight", type=float,
+                   help="when distilling, the SFT cross-entropy's weight (default 1; 0: the teacher's distributions alone)")
     g.add_argument("--teacher", dest="train.teacher",
                    help="distillation teacher: hub id or folder (default: the model itself; in a study, the bf16 fine-tune)")
     g.add_argument("--max-steps", dest="train.max_steps", type=int)

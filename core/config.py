@@ -81,6 +81,9 @@ class TrainConfig:
     fake_quant_after_steps: int = setting(0, min=0)
     distill_weight: float = setting(0.0, min=0)
     distill_temperature: float = setting(1.0, above=0)
+    # the SFT cross-entropy's weight beside the KL term when distilling: 1 adds the KL term to the SFT loss,
+    # 0 trains on the teacher's distributions alone
+    distill_ce_weight: float = setting(1.0, min=0)
     teacher: str = ""
     max_steps: int = setting(120, min=1)
     batch_size: int = setting(8, min=1)

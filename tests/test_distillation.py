@@ -48,6 +48,28 @@ def test_loss_is_cross_entropy_plus_weighted_scaled_kl_per_predicted_token():
     assert loss_accumulated.item() == pytest.approx(loss.item() * count / 8, rel=1e-5)
 
 
+def test_the_cross_entropy_weight_scales_the_sft_term_alone():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 4, 5), torch.randn(2, 4, 5)
+    labels = torch.tensor([[1, 2, IGNORE, 4], [0, 3, 1, IGNORE]])
+    full, ce, kl = distillation_loss(student, teacher, labels, 0.7, 2.0)
+    alone, _, _ = distillation_loss(student, teacher, labels, 0.7, 2.0, ce_weight=0.0)
+    half, _, _ = distillation_loss(student, teacher, labels, 0.7, 2.0, ce_weight=0.5)
+    assert alone.item() == pytest.approx(0.7 * 4.0 * kl.item(), rel=1e-5)  # the teacher's distributions alone
+    assert half.item() == pytest.approx(alone.item() + 0.5 * ce.item(), rel=1e-5)
+    assert full.item() == pytest.approx(alone.item() + ce.item(), rel=1e-5)
+
+
+def test_a_cross_entropy_weight_without_distillation_is_refused_in_one_line(tmp_path: Path):
+    from edgeqat.config import load_config
+    from edgeqat.train.finetune import train
+
+    config = load_config(None, {"train.distill_ce_weight": 0.0, "train.max_steps": 1, "train.device": "cpu"})
+    with pytest.raises(EdgeqatError, match="--distill-ce-weight 0 weighs the cross-entropy.*add --distill-weight W"):
+        train(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_teacher_equal_to_the_student_adds_nothing():
     logits = torch.randn(1, 6, 11)
     labels = torch.randint(0, 11, (1, 6))

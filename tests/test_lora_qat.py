@@ -165,19 +165,19 @@ def test_range_learning_lora_matches_torchaos_autograd_on_the_merged_weight(devi
     torchao's range-learning quantizer computes on W + s·B·A under autograd (the clamp's mask included)."""
     from edgeqat.train.quantize import initialize_range_learning, learned_scale_parameters
 
-    model = tiny_llama().to(dtype)
+    model = tiny_llama().to(device, dtype)  # on the device before range learning starts, as in training
     prepare_qat(model, QuantConfig(scheme=scheme, embedding_bits=4, range_learning=True), fused=True)
-    initialize_range_learning(model, torch.device("cpu"))
+    initialize_range_learning(model, torch.device(device))
     model = _add_lora(model, 4, 16)
     assert use_merged_lora_qat(model) == 14
     for scale in learned_scale_parameters(model):
         with torch.no_grad():  # off the absmax it starts at: some weights clamp
-            scale.mul_(torch.rand(scale.shape, generator=torch.Generator().manual_seed(3)) * 0.6 + 0.6)
+            scale.mul_(torch.rand(scale.shape, generator=torch.Generator().manual_seed(3)).to(device) * 0.6 + 0.6)
     torch.manual_seed(1)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    layer = model.base_model.model.model.layers[0].mlp.up_proj.to(device)
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
     assert layer.merged_spec.learned_scale
     reference = copy.deepcopy(layer)
     reference.merged_spec = None  # torchao's quantizer modules on the merged weight, under autograd

@@ -1,4 +1,5 @@
-"""Distillation from a float teacher during fine-tuning: the SFT loss plus w·T²·KL(teacher ‖ student) on the logits.
+"""Distillation from a float teacher during fine-tuning: c·CE + w·T²·KL(teacher ‖ student) on the logits, c the SFT
+cross-entropy's weight (1: the SFT loss plus the KL term; 0: the teacher's distributions alone).
 
 The teacher (the bf16 fine-tune in `edgeqat study`, or the original model) runs without gradients in the
 training dtype beside the student. The KL term is summed over the same predicted tokens as the cross-entropy
@@ -18,8 +19,8 @@ IGNORE = -100  # the label of positions with no loss (padding, prompts), as tran
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, weight: float,
-                      temperature: float, num_items: int | torch.Tensor | None = None):
-    """(loss, cross-entropy, KL): the loss is CE(student, labels) + weight·T²·KL(softmax(t/T) ‖ softmax(s/T)),
+                      temperature: float, num_items: int | torch.Tensor | None = None, ce_weight: float = 1.0):
+    """(loss, cross-entropy, KL): the loss is ce_weight·CE(student, labels) + weight·T²·KL(softmax(t/T) ‖ softmax(s/T)),
     summed over the predicted tokens and divided by ``num_items`` (default: their count); the CE and KL
     returned, for the log, are this batch's means per token.
 
@@ -35,7 +36,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
     log_p_student = F.log_softmax(student / temperature, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum()
-    return (ce + weight * temperature**2 * kl) / count, ce.detach() / tokens, kl.detach() / tokens
+    return (ce_weight * ce + weight * temperature**2 * kl) / count, ce.detach() / tokens, kl.detach() / tokens
 
 
 def check_teacher(teacher_config, student_config, teacher: str) -> None:
@@ -49,8 +50,8 @@ def distilling_trainer_class():
     from trl import SFTTrainer
 
     class DistillingSFTTrainer(SFTTrainer):
-        """SFTTrainer whose loss adds the teacher's KL term; ``teacher``, ``distill_weight`` and
-        ``distill_temperature`` are set on the instance."""
+        """SFTTrainer whose loss adds the teacher's KL term; ``teacher``, ``distill_weight``,
+        ``distill_temperature`` and ``distill_ce_weight`` are set on the instance."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = {**inputs, "use_cache": False}
@@ -59,7 +60,7 @@ def distilling_trainer_class():
             with torch.no_grad():
                 teacher_logits = self.teacher(**inputs).logits
             loss, ce, kl = distillation_loss(outputs.logits, teacher_logits, labels, self.distill_weight,
-                                             self.distill_temperature, num_items_in_batch)
+                                             self.distill_temperature, num_items_in_batch, self.distill_ce_weight)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as TRL's: DDP averages what the token count summed
             mode = "train" if model.training else "eval"

@@ -157,6 +157,9 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Pa
         why = f"a {tc.mode!r} run has no fake quantization" if tc.mode != "qat" else \
             f"the run has {tc.max_steps} steps, so fake quantization would never start"
         raise EdgeqatError(f"--fake-quant-after-steps {tc.fake_quant_after_steps}: {why}; lower it or drop it")
+    if tc.distill_ce_weight != 1.0 and not tc.distill_weight:
+        raise EdgeqatError(f"--distill-ce-weight {tc.distill_ce_weight:g} weighs the cross-entropy beside a distillation "
+                           "term, and this run does not distil: add --distill-weight W, or drop --distill-ce-weight")
     teacher_skeleton = None
     if teacher:
         _, teacher_config = load_config_checked(teacher)
@@ -230,9 +233,10 @@ def _train(config: RunConfig, output_dir: Path, args, dataset, tokenizer, *, dev
         fake_quantize_fused_head(model.get_base_model() if tc.lora_rank else model)
     if teacher_model is not None:
         trainer.teacher, trainer.distill_weight, trainer.distill_temperature = teacher_model, tc.distill_weight, tc.distill_temperature
+        trainer.distill_ce_weight = tc.distill_ce_weight
         if main:
-            log.info("distilling from %s: loss + %g · T² · KL(teacher ‖ student), T = %g", teacher, tc.distill_weight,
-                     tc.distill_temperature)
+            log.info("distilling from %s: loss %g · CE + %g · T² · KL(teacher ‖ student), T = %g", teacher,
+                     tc.distill_ce_weight, tc.distill_weight, tc.distill_temperature)
     if tc.fake_quant_after_steps and main:
         log.info("QAT starts after %d steps without fake quantization", tc.fake_quant_after_steps)
     callbacks = trainer.callback_handler.callbacks  # first, so TensorBoard sees the fields it adds

@@ -64,14 +64,15 @@ def arm_config(config: RunConfig, arm: str, bf16_checkpoint: Path) -> RunConfig:
     tc, quant = config.train, config.quant
     if arm == "bf16":
         return dataclasses.replace(config, train=dataclasses.replace(tc, mode="bf16", distill_weight=0.0, teacher="",
-                                                                     fake_quant_after_steps=0),
+                                                                     distill_ce_weight=1.0, fake_quant_after_steps=0),
                                    quant=dataclasses.replace(quant, range_learning=False))
     if "range" in arm:
         quant = dataclasses.replace(quant, range_learning=True)
     weight = tc.distill_weight or (DEFAULT_DISTILL_WEIGHT if "distill" in arm else 0.0)
     teacher = (tc.teacher or str(bf16_checkpoint)) if weight else ""
     return dataclasses.replace(config, quant=quant,
-                               train=dataclasses.replace(tc, mode="qat", distill_weight=weight, teacher=teacher))
+                               train=dataclasses.replace(tc, mode="qat", distill_weight=weight, teacher=teacher,
+                                                         distill_ce_weight=tc.distill_ce_weight if weight else 1.0))
 
 
 def _evaluation_key(record: dict, config: RunConfig) -> dict:
