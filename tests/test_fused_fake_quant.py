@@ -192,6 +192,10 @@ def test_fused_linear_with_learned_scales_matches_torchaos_autograd(scheme, grou
             assert ours is None and theirs is None
             continue
         assert ours.dtype == theirs.dtype, name
+        if name == "scale" and dtype == torch.bfloat16 and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+            # the kernel sums each group's terms in another order than eager: equal within fp32 rounding
+            assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6 * theirs.abs().max().item()), name
+            continue
         _close(ours, theirs, device)
 
 

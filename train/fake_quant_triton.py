@@ -118,6 +118,35 @@ def _per_group_kernel(w_ptr, grad_ptr, out_ptr, n_groups, G,
     tl.store(out_ptr + offsets, _bf16(out).to(tl.bfloat16), mask=valid)
 
 
+@triton.jit
+def _learned_kernel(w_ptr, s_ptr, grad_ptr, out_ptr, grad_s_ptr, n_groups, G,
+                    QMIN: tl.constexpr, QMAX: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_G: tl.constexpr,
+                    BACKWARD: tl.constexpr, INTERPRET: tl.constexpr):
+    # Range learning's weight with its learned fp32 scale, in fp32 as fused_fake_quant.fake_quant_learned(_backward)
+    # computes it: forward ``clamp(rint(w · (1 / s))) · s``; backward the weight's straight-through gradient and
+    # the scale's, summed over the group here in registers (the one result that is not eager's to the bit: the
+    # order of that sum differs).
+    groups = tl.program_id(0) * BLOCK_GROUPS + tl.arange(0, BLOCK_GROUPS)[:, None]
+    cols = tl.arange(0, BLOCK_G)[None, :]
+    valid = (groups < n_groups) & (cols < G)
+    offsets = groups.to(tl.int64) * G + cols
+    w = tl.load(w_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
+    scale = tl.load(s_ptr + groups, mask=groups < n_groups, other=1.0)
+    inverse = tl.div_rn(1.0, scale)
+    unclamped = _rint(w * inverse, INTERPRET)
+    codes = tl.minimum(tl.maximum(unclamped, QMIN), QMAX)
+    if BACKWARD:
+        grad = tl.load(grad_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
+        in_range = (unclamped >= QMIN) & (unclamped <= QMAX)
+        grad_codes = tl.where(in_range, grad * scale, 0.0)
+        tl.store(out_ptr + offsets, _bf16(grad_codes * inverse).to(tl.bfloat16), mask=valid)
+        grad_inverse = tl.sum(tl.where(valid, grad_codes * w, 0.0), axis=1)[:, None]
+        grad_scale = tl.sum(tl.where(valid, grad * codes, 0.0), axis=1)[:, None] + -grad_inverse * (inverse * inverse)
+        tl.store(grad_s_ptr + groups, grad_scale, mask=groups < n_groups)
+    else:
+        tl.store(out_ptr + offsets, _bf16(codes * scale).to(tl.bfloat16), mask=valid)
+
+
 class _Launcher:
     """Launches a compiled kernel with as little host work as possible.
 
@@ -173,6 +202,7 @@ _EPS = float(torch.finfo(torch.bfloat16).smallest_normal)
 _FP32_EPS = float(torch.finfo(torch.float32).smallest_normal)
 _per_token_launcher = _Launcher(_per_token_kernel)
 _per_group_launcher = _Launcher(_per_group_kernel)
+_learned_launcher = _Launcher(_learned_kernel)
 
 
 def _warps(block: int) -> int:
@@ -217,3 +247,24 @@ def per_group(w: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torc
         _warps(block_groups * block_g),
     )
     return out
+
+
+def learned(w: torch.Tensor, scale: torch.Tensor, group_size: int, qmin: int, qmax: int, grad: torch.Tensor | None = None):
+    """The weight fake-quantized with its learned fp32 scale; with ``grad`` (the gradient of that), the weight's
+    gradient and the scale's (fp32, ``scale``'s shape)."""
+    w = w.contiguous()
+    scale = scale.float().contiguous()
+    n_groups = w.numel() // group_size
+    block_g = triton.next_power_of_2(group_size)
+    block_groups = max(1, 4096 // block_g)
+    out = torch.empty_like(w)
+    grad_scale = torch.empty_like(scale) if grad is not None else scale
+    _learned_launcher(
+        triton.cdiv(n_groups, block_groups),
+        (w, scale, grad.contiguous() if grad is not None else w, out, grad_scale, n_groups, group_size),
+        (n_groups, group_size, qmin, qmax, grad is not None),
+        lambda: dict(QMIN=qmin, QMAX=qmax, BLOCK_GROUPS=block_groups, BLOCK_G=block_g, BACKWARD=grad is not None,
+                     INTERPRET=_INTERPRETING or not w.is_cuda),
+        _warps(block_groups * block_g),
+    )
+    return (out, grad_scale) if grad is not None else out

@@ -20,7 +20,8 @@ cover (float scales, asymmetric weights, other granularities) keeps torchao's mo
 
 Range learning's weights have a static scale that is itself trained (an fp32 parameter, one per group).
 Their fake quantization and its gradients, into the weight and into the scale, are torchao's autograd
-written out (``fake_quant_learned*``): eager fp32 ops over the weight, a small cost beside the matmuls.
+written out (``fake_quant_learned*``), in fp32; in bf16 on CUDA one kernel computes them in one pass over
+the weight (the scale's gradient then sums each group in another order than eager, within fp32 rounding).
 The scale's gradient needs the weight's full out × in gradient, so a layer that learns its scales
 computes that matmul even where the weight itself is frozen (LoRA).
 
@@ -173,8 +174,10 @@ def fake_quantized_weight(weight: torch.Tensor, spec: FusedSpec, scale: torch.Te
     ``scale``: the learned scale, when ``spec.learned_scale``."""
     kernels = triton_kernels(weight, weight, spec)
     with torch.no_grad():
-        if spec.learned_scale:
+        if spec.learned_scale and kernels is None:
             return fake_quant_learned(weight.detach(), scale.detach(), spec.group_size, *spec.weight_bounds)
+        if spec.learned_scale:
+            return kernels.learned(weight.detach(), scale.detach(), spec.group_size, *spec.weight_bounds)
         if kernels is None:
             return fake_quant_per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
         return kernels.per_group(weight.detach(), spec.group_size, *spec.weight_bounds)
@@ -215,6 +218,15 @@ def fake_quantized_weight_grad(x2d, fq_x, fq_weight, grad2d, spec: FusedSpec) ->
     return grad2d.t() @ fq_x
 
 
+def learned_scale_backward(weight, scale, grad_fq_w, spec: FusedSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the weight's gradient, the learned scale's) from the fake-quantized weight's: the kernel in bf16 on CUDA."""
+    kernels = triton_kernels(weight, weight, spec)
+    if kernels is None:
+        return fake_quant_learned_backward(weight, scale, grad_fq_w, spec.group_size, *spec.weight_bounds)
+    grad_w, grad_s = kernels.learned(weight, scale, spec.group_size, *spec.weight_bounds, grad=grad_fq_w)
+    return grad_w, grad_s.view(scale.shape).to(scale.dtype)
+
+
 def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: bool, need_weight: bool, need_bias: bool,
                     scale: torch.Tensor | None = None, need_scale: bool = False):
     """Gradients of input, weight, bias and learned scale; ``weight`` is None when nothing needs it (frozen, and
@@ -224,7 +236,7 @@ def linear_backward(x2d, weight, fq_weight, grad2d, spec: FusedSpec, need_x: boo
         grad_x, fq_x = input_backward(x2d, fq_weight, grad2d, spec, want_fq_x=need_weight or need_scale)
     if spec.learned_scale and (need_weight or need_scale):
         grad_fq_w = fake_quantized_weight_grad(x2d, fq_x, fq_weight, grad2d, spec)
-        grad_w, grad_s = fake_quant_learned_backward(weight, scale, grad_fq_w, spec.group_size, *spec.weight_bounds)
+        grad_w, grad_s = learned_scale_backward(weight, scale, grad_fq_w, spec)
     elif need_weight:
         kernels = triton_kernels(grad2d, fq_weight, spec)
         grad_fq_w = fake_quantized_weight_grad(x2d, fq_x, fq_weight, grad2d, spec)

@@ -27,9 +27,9 @@ from edgeqat.errors import EdgeqatError
 from edgeqat.train.fake_quant_delay import fake_quant_enabled
 from edgeqat.train.fused_fake_quant import (
     FusedSpec,
-    fake_quant_learned_backward,
     fake_quantized_weight_grad,
     input_backward,
+    learned_scale_backward,
     linear_forward,
 )
 from edgeqat.train.fused_linear import cached_fake_quantized_weight, fused_spec, learned_scale
@@ -90,7 +90,7 @@ def _learned_scale_backward(x2d, fq_x, grad2d, lora_a, lora_b, scale, base_weigh
     through the merge ``(W + (B @ A) · s)`` in A's dtype, as autograd takes them (outside autocast)."""
     grad_fq = fake_quantized_weight_grad(x2d, fq_x, fq_merged, grad2d, spec)
     merged = merged_weight(base_weight, lora_a, lora_b, scaling)  # the forward's weight, to the bit
-    grad_merged, grad_scale = fake_quant_learned_backward(merged, scale, grad_fq, spec.group_size, *spec.weight_bounds)
+    grad_merged, grad_scale = learned_scale_backward(merged, scale, grad_fq, spec)
     with torch.autocast(base_weight.device.type, enabled=False):
         grad_delta = grad_merged.to(torch.promote_types(lora_a.dtype, lora_b.dtype)) * scaling
         return (lora_b.t() @ grad_delta).to(lora_a.dtype), (grad_delta @ lora_a.t()).to(lora_b.dtype), grad_scale
