@@ -170,7 +170,9 @@ def main() -> None:
         extra = "-" if r["extra_peak_gib"] is None else f"{r['extra_peak_gib']:+.1f}"
         print(f"| {r['fine_tuning']} | {r['run']} | {r['kernels'] or '-'} | {r['lora_fake_quant'] or '-'} | {r['s_per_step']:.3f} | "
               f"{r['tokens_per_s']:,.0f} | {r['ratio']:.2f} | {peak} | {extra} |")
-    write_json_atomic(args.json, {"model": name, "device": gpu, "args": {k: str(v) for k, v in vars(args).items()},
+    # output paths by name only: the file records no folder of the machine that made it
+    recorded = {k: v.name if isinstance(v, Path) else str(v) for k, v in vars(args).items()}
+    write_json_atomic(args.json, {"model": name, "device": gpu, "args": recorded,
                                   "rows": rows, "versions": versions()})
 
 

@@ -97,9 +97,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="the token embedding: 4 (default), 8, or 0 to leave it float")
     q.add_argument("--skip-indivisible", dest="quant.skip_indivisible", action="store_const", const=True)
     q.add_argument("--range-learning", dest="quant.range_learning", action="store_const", const=True,
-                   help="QAT learns the weight scales (torchao's range learning); convert uses them")
+                   help="QAT learns the weight scales (torchao's range learning); convert uses them "
+                        "(default: on for LoRA-QAT, off for full fine-tuning)")
+    q.add_argument("--no-range-learning", dest="quant.range_learning", action="store_const", const=False,
+                   help="QAT takes each weight group's absmax as its scale at every step, with LoRA too")
     q.add_argument("--range-learning-rate", dest="train.range_learning_rate", type=float,
-                   help="the learned scales' learning rate (default 1e-5)")
+                   help="the learned scales' learning rate (default 1e-4 with LoRA, 1e-5 for full fine-tuning)")
     q.add_argument("--fake-quant-after-steps", dest="train.fake_quant_after_steps", type=int,
                    help="QAT: fine-tune this many steps without fake quantization first (default 0)")
 

@@ -240,3 +240,25 @@ def test_nested_dataclass_defaults_are_independent():
     a, b = CheckConfig(), CheckConfig()
     a.thresholds.min_logits_cosine = 0.1
     assert b.thresholds == Thresholds()
+
+
+def test_range_learning_is_on_by_default_for_lora_qat_only_with_its_measured_rates():
+    from edgeqat.config import FULL_RANGE_LEARNING_RATE, LORA_RANGE_LEARNING_RATE, with_auto_settings
+
+    def resolved(**overrides):
+        config = with_auto_settings(load_config(None, overrides))
+        return config.quant.range_learning, config.train.range_learning_rate
+
+    assert resolved() == (False, FULL_RANGE_LEARNING_RATE)
+    assert resolved(**{"train.lora_rank": 16}) == (True, LORA_RANGE_LEARNING_RATE) == (True, 1e-4)
+    assert resolved(**{"train.lora_rank": 16, "train.mode": "bf16"}) == (False, 1e-4)  # nothing to learn scales for
+    assert resolved(**{"train.lora_rank": 16, "quant.range_learning": False}) == (False, 1e-4)
+    assert resolved(**{"quant.range_learning": True, "train.range_learning_rate": 3e-5}) == (True, 3e-5)
+    assert load_config(None, {}).quant.range_learning is None  # auto until training resolves it
+
+
+def test_no_range_learning_turns_lora_qat_back_to_absmax_scales():
+    from edgeqat.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--output", "x", "--lora-rank", "16", "--no-range-learning"])
+    assert getattr(args, "quant.range_learning") is False

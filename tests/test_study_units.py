@@ -195,3 +195,15 @@ def test_seeds_are_checked():
         validate(RunConfig(study=StudyConfig(seeds=[0, -1])))
     with pytest.raises(EdgeqatError, match="study.seeds lists 2 twice"):
         validate(RunConfig(study=StudyConfig(seeds=[2, 2])))
+
+
+def test_each_qat_arm_says_what_it_trained_with():
+    from edgeqat.train.study_report import _trained_with, _trained_with_text
+
+    lora_range = _trained_with({"quant": {"range_learning": True},
+                                "train": {"range_learning_rate": 1e-4, "distill_weight": 0.0, "lora_rank": 16,
+                                          "lora_fake_quant": "merged"}})
+    assert _trained_with_text(lora_range) == ("LoRA fake-quantizes the merged weight; learned weight scales "
+                                              "(scale learning rate 0.0001)")
+    full_distilled = _trained_with({"quant": {"range_learning": False}, "train": {"distill_weight": 1.0, "lora_rank": 0}})
+    assert _trained_with_text(full_distilled) == "absmax weight scales; distilled from the baseline (weight 1)"

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 
 from edgeqat.artifacts import atomic_dir, read_record, write_record, write_text_atomic
-from edgeqat.config import RunConfig, group_size_of, to_dict
+from edgeqat.config import RunConfig, group_size_of, to_dict, with_auto_settings
 from edgeqat.errors import EdgeqatError
 from edgeqat.ownership import RECORD, check_output
 from edgeqat.paths import DEFAULT_TRAIN_DATA, local_path, portable_train_config
@@ -70,6 +70,7 @@ def stage_config(config: RunConfig, checkpoint_dir: str | Path) -> dict:
     """The part of the run config this stage's output depends on (with a distillation teacher that is an
     edgeqat artifact, its files: a retrained teacher makes a different student); local model, dataset and
     teacher paths relative to the checkpoint's folder, as it records them."""
+    config = with_auto_settings(config)
     stage = {"train": portable_train_config(to_dict(config.train), checkpoint_dir), "quant": to_dict(config.quant)}
     teacher = local_path(teacher_name(config.train)) if config.train.distill_weight else None
     if teacher is not None and (teacher / RECORD).is_file():
@@ -133,6 +134,7 @@ def _check_chat_data(dataset, tokenizer, model_name: str) -> None:
 
 def train(config: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
     """Fine-tunes into ``output_dir``; under torchrun/accelerate every rank calls it and rank 0 writes."""
+    config = with_auto_settings(config)
     tc = config.train
     output_dir = Path(output_dir)
     main = is_main_process()

@@ -62,6 +62,7 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
             **evaluations[arm],
         }
         if arm in qat_arms(evaluations):
+            arms[arm]["trained_with"] = _trained_with(trained.get("config", {}))
             step_s = trained.get("step_seconds")
             arms[arm]["step_time_ratio"] = round(step_s / bf16_s, 3) if bf16_s and step_s else None
             recoveries[arm] = {"perplexity": recovery(ppl["bf16"], ppl["ptq"], ppl[arm]),
@@ -84,6 +85,26 @@ def build_report(config: RunConfig, evaluations: dict, training: dict, folders: 
         "config": portable_config(to_dict(config), study_dir),
         "versions": versions(),
     }
+
+
+def _trained_with(stage_config: dict) -> dict:
+    """What a QAT arm's training record says it learned with: range learning (and its scale rate) and distillation."""
+    quant, train = stage_config.get("quant", {}), stage_config.get("train", {})
+    return {"range_learning": bool(quant.get("range_learning")),
+            "range_learning_rate": train.get("range_learning_rate") if quant.get("range_learning") else None,
+            "distill_weight": train.get("distill_weight") or 0.0,
+            "lora_fake_quant": train.get("lora_fake_quant") if train.get("lora_rank") else None}
+
+
+def _trained_with_text(trained_with: dict | None) -> str:
+    if not trained_with:
+        return ""
+    parts = [f"LoRA fake-quantizes the {trained_with['lora_fake_quant']} weight"] if trained_with.get("lora_fake_quant") else []
+    parts.append(f"learned weight scales (scale learning rate {trained_with['range_learning_rate']:g})"
+                 if trained_with["range_learning"] else "absmax weight scales")
+    if trained_with["distill_weight"]:
+        parts.append(f"distilled from the baseline (weight {trained_with['distill_weight']:g})")
+    return "; ".join(parts)
 
 
 def _fmt(value, spec: str) -> str:
@@ -127,6 +148,8 @@ def render_markdown(report: dict) -> str:
         for name, value in rec["lm_eval"].items():
             lines.append(f"- {name}: " + ("no recovery to measure: PTQ did not change it" if value is None
                                            else f"recovery {value * 100 + 0.0:.1f} %"))
+        if arms[arm].get("trained_with"):
+            lines.append(f"- trained with {_trained_with_text(arms[arm]['trained_with'])}")
         if arms[arm].get("step_time_ratio"):
             lines.append(f"- a step took {arms[arm]['step_time_ratio']:.2f}× a baseline step")
     lines += ["", "Step times are the median after the first logging interval; s/step and tokens/s are "
