@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeqat.config import RunConfig
+from edgeqat.config import RunConfig, load_config
 from edgeqat.errors import EdgeqatError
 from edgeqat.train.checkpointing import COMPLETE, PROGRESS, drop_progress_without_checkpoints, progress_dir, start_progress
 from edgeqat.train.evaluate import perplexity, require_lm_eval
@@ -207,3 +207,17 @@ def test_each_qat_arm_says_what_it_trained_with():
                                               "(scale learning rate 0.0001)")
     full_distilled = _trained_with({"quant": {"range_learning": False}, "train": {"distill_weight": 1.0, "lora_rank": 0}})
     assert _trained_with_text(full_distilled) == "absmax weight scales; distilled from the baseline (weight 1)"
+
+
+def test_study_arms_that_would_train_the_same_model_are_refused_before_training(tmp_path: Path):
+    from edgeqat.train.study import study
+
+    config = load_config(None, {"output_dir": str(tmp_path / "out"), "train.lora_rank": 4, "study.arms": ["qat", "qat-range"]})
+    with pytest.raises(EdgeqatError, match="study arms qat and qat-range would train the same model.*--no-range-learning"):
+        study(config)
+    assert not (tmp_path / "out").exists()
+    absmax = load_config(None, {"output_dir": str(tmp_path / "out"), "train.lora_rank": 4, "quant.range_learning": False,
+                                "study.arms": ["qat", "qat-range"], "train.max_steps": 1})
+    from edgeqat.train.study import check_distinct_arms, study_dirs
+
+    check_distinct_arms(absmax, study_dirs(tmp_path / "out", ("qat", "qat-range")))  # distinct: nothing raised

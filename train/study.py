@@ -75,6 +75,19 @@ def arm_config(config: RunConfig, arm: str, bf16_checkpoint: Path) -> RunConfig:
                                                          distill_ce_weight=tc.distill_ce_weight if weight else 1.0))
 
 
+def check_distinct_arms(config: RunConfig, dirs: dict[str, Path]) -> None:
+    """Two QAT arms that would train the same thing are refused before any training: with LoRA, range learning is
+    on by default (config.with_auto_settings), so "qat" already is "qat-range"."""
+    seen: dict[str, str] = {}
+    for arm in config.study.arms:
+        key = json.dumps(stage_config(arm_config(config, arm, dirs["bf16-checkpoint"]), dirs[f"{arm}-checkpoint"]),
+                         sort_keys=True, default=str)
+        if key in seen:
+            raise EdgeqatError(f"study arms {seen[key]} and {arm} would train the same model (with LoRA, range learning "
+                               "is on by default): drop one, or pass --no-range-learning to make the plain arms absmax ones")
+        seen[key] = arm
+
+
 def _evaluation_key(record: dict, config: RunConfig) -> dict:
     return {
         "model_files": record["files"],
@@ -154,6 +167,7 @@ def study(config: RunConfig, resume: bool = False) -> dict:
     dirs = study_dirs(Path(config.output_dir), qat_arms)
     check_outputs(dirs, study_stages(qat_arms), config)
     check_evaluation_cache(dirs["evaluations"], arms_of(config))
+    check_distinct_arms(config, dirs)
     for arm in ("bf16", *qat_arms):  # the baseline first: it is the distilling arms' teacher
         mode_config, folder = arm_config(config, arm, dirs["bf16-checkpoint"]), dirs[f"{arm}-checkpoint"]
         if is_valid_artifact(folder, "train", stage_config(mode_config, folder)):
