@@ -60,6 +60,10 @@ def _cell_arms(cell: dict) -> dict:
     return cell.get("arms") or {"qat": {"ppl": cell["qat_ppl"], "recovery": cell["recovery"]}}
 
 
+def _recovery_spread(recovery: list[float]) -> dict:
+    return {"recovery_mean": statistics.fmean(recovery), "recovery_min": min(recovery), "recovery_max": max(recovery)}
+
+
 def summarize(cells: list[dict]) -> list[dict]:
     """One row per (way, learning rate, arm): mean and range over the seeds."""
     rows = []
@@ -68,8 +72,7 @@ def summarize(cells: list[dict]) -> list[dict]:
         group = list(group)
         for arm in _cell_arms(group[0]):
             recovery = [_cell_arms(c)[arm]["recovery"] for c in group]
-            rows.append({"way": way, "lr": lr, "arm": arm, "seeds": len(group), "recovery_mean": statistics.fmean(recovery),
-                         "recovery_min": min(recovery), "recovery_max": max(recovery),
+            rows.append({"way": way, "lr": lr, "arm": arm, "seeds": len(group), **_recovery_spread(recovery),
                          "bf16_ppl_mean": statistics.fmean(c["bf16_ppl"] for c in group),
                          "ptq_ppl_mean": statistics.fmean(c["ptq_ppl"] for c in group),
                          "qat_ppl_mean": statistics.fmean(_cell_arms(c)[arm]["ppl"] for c in group)})
@@ -98,8 +101,7 @@ def against_best_baseline(cells: list[dict]) -> list[dict]:
                     gap = base["ptq_ppl"] - base["bf16_ppl"]
                     recovery.append((base["ptq_ppl"] - _cell_arms(cells_of_lr[s])[arm]["ppl"]) / gap)
                 rows.append({"way": way, "baseline_lr": best, "lr": lr, "arm": arm, "seeds": len(seeds),
-                             "recovery_mean": statistics.fmean(recovery), "recovery_min": min(recovery),
-                             "recovery_max": max(recovery),
+                             **_recovery_spread(recovery),
                              "bf16_ppl_mean": statistics.fmean(by_lr[best][s]["bf16_ppl"] for s in seeds),
                              "ptq_ppl_mean": statistics.fmean(by_lr[best][s]["ptq_ppl"] for s in seeds),
                              "qat_ppl_mean": statistics.fmean(_cell_arms(cells_of_lr[s])[arm]["ppl"] for s in seeds)})
